@@ -1,0 +1,91 @@
+"""Load the tokenizer, encode utterances in batches, and decode ids back to readable text."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from transformers import BertTokenizerFast
+
+# Tokens that can appear in a vocabulary but must never reach a user: specials, speaker markers,
+# and BERT's reserved [unusedN] slots (bert-base-chinese style vocabularies have 99 of them).
+_HIDDEN_PREFIXES = ("[unused",)
+
+
+def load_tokenizer(path: str | Path) -> BertTokenizerFast:
+    """Load a BERT WordPiece tokenizer from a `vocab.txt` file or a folder holding tokenizer files.
+
+    transformers 5 silently ignores `BertTokenizerFast(vocab_file=...)` and builds a 5-token
+    vocabulary, so a file is passed as `vocab=` and a folder goes through `from_pretrained`.
+
+    Raises:
+        FileNotFoundError: if `path` is neither a vocab file nor a folder with tokenizer files.
+        ValueError: if the vocabulary lacks [PAD], [UNK], [CLS] or [SEP].
+    """
+    path = Path(path)
+    if path.is_file():
+        tokenizer = BertTokenizerFast(vocab=str(path))
+    elif path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        tokenizer = BertTokenizerFast.from_pretrained(str(path))
+    elif path.is_dir():
+        raise FileNotFoundError(
+            f"{path} has no tokenizer: expected tokenizer.json or vocab.txt in it. "
+            "Pass --vocab vocab/vocab.txt or a model folder written by chatbot-train.")
+    else:
+        raise FileNotFoundError(f"vocabulary not found: {path} (expected a vocab.txt file or a folder)")
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in vocab]
+    if missing:
+        raise ValueError(f"{path}: the vocabulary lacks {', '.join(missing)}; a BERT-style vocab.txt "
+                         "starts with [PAD] [UNK] [CLS] [SEP] [MASK] (see vocab/vocab.txt)")
+    # Speaker markers are ordinary vocabulary lines; registering them keeps WordPiece from
+    # splitting them if they ever appear in text.
+    extra = [t for t in ("[speaker1]", "[speaker2]") if t in vocab]
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": extra})
+    return tokenizer
+
+
+def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:
+    """A short hash of the id→token table, to tell whether cached ids still match a tokenizer."""
+    vocab = tokenizer.get_vocab()
+    table = "\n".join(sorted(vocab, key=vocab.__getitem__))
+    return hashlib.sha256(table.encode("utf-8")).hexdigest()[:16]
+
+
+def encode_texts(tokenizer: BertTokenizerFast, texts: list[str]) -> list[list[int]]:
+    """Ids of each text without special tokens, in one call to the Rust tokenizer."""
+    # encode_batch_fast skips offset tracking, which we never use.
+    return [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def hidden_token_ids(tokenizer: BertTokenizerFast) -> set[int]:
+    """Ids that decoding drops and sampling must never produce."""
+    vocab = tokenizer.get_vocab()
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for t, i in vocab.items() if t.startswith(_HIDDEN_PREFIXES) or t in ("[speaker1]", "[speaker2]"))
+    return ids
+
+
+def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None) -> str:
+    """Turn ids into the text a person would write.
+
+    Chinese characters are joined without spaces, `##` pieces are glued to the piece before,
+    a single space separates two ASCII words or numbers, and special tokens are dropped.
+    `hidden` may pass a precomputed `hidden_token_ids(tokenizer)` for hot loops.
+    """
+    hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
+    tokens = tokenizer.convert_ids_to_tokens([int(i) for i in ids if int(i) not in hidden])
+    out: list[str] = []
+    for tok in tokens:
+        if tok.startswith("##") and len(tok) > 2:
+            out.append(tok[2:])
+        elif out and _is_ascii_word_char(out[-1][-1]) and _is_ascii_word_char(tok[0]):
+            out.append(" " + tok)
+        else:
+            out.append(tok)
+    return "".join(out)
+
+
+def _is_ascii_word_char(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
