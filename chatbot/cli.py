@@ -34,3 +34,66 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--vocab", default="vocab/vocab.txt",
+                       help="BERT vocab.txt to tokenize with (default: the shipped vocab/vocab.txt)")
+    group.add_argument("--tokenizer", metavar="DIR",
+                       help="a folder with tokenizer files instead, e.g. a pretrained model you will fine-tune")
+
+
+def preprocess_main(argv: list[str] | None = None) -> int:
+    """chatbot-preprocess: encode dialogue corpora into a memory-mapped token store."""
+    from chatbot.corpus import FORMATS
+
+    parser = argparse.ArgumentParser(
+        prog="chatbot-preprocess",
+        description="Encode corpora into [CLS] u1 [SEP] u2 [SEP] ... id sequences, stored compactly for training.")
+    parser.add_argument("corpus", nargs="+", help="corpus files (txt, LCCC json, jsonl or plain text)")
+    parser.add_argument("--output", "-o", required=True, help="folder to write tokens.bin, offsets.npy, meta.json into")
+    parser.add_argument("--format", choices=FORMATS, default="auto",
+                        help="corpus format; auto picks by extension and first line (text is never guessed)")
+    parser.add_argument("--split", help="LCCC split to read: train, valid or test (default: train)")
+    _add_tokenizer_flags(parser)
+    parser.add_argument("--vocab-out", metavar="FILE",
+                        help="first build a vocabulary from the corpora (specials + every character seen "
+                             "--min-freq times), write it here and encode with it")
+    parser.add_argument("--min-freq", type=positive_int, default=1,
+                        help="with --vocab-out: keep characters seen at least this often (default 1)")
+    parser.add_argument("--max-len", type=positive_int, default=256,
+                        help="tokens per example; longer dialogues are split at turn boundaries (default 256)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="encoding processes (default 1: the Rust tokenizer already uses every core)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable records instead of stopping")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    args = parser.parse_args(argv)
+    if args.max_len < 4:
+        parser.error(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {args.max_len}")
+
+    def body() -> None:
+        from chatbot.preprocess import preprocess
+        from chatbot.reports import print_preprocess_summary
+        from chatbot.tokenization import load_tokenizer
+
+        tokenizer_path = args.tokenizer or args.vocab
+        if args.vocab_out:
+            tokenizer_path = _build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split)
+        tokenizer = load_tokenizer(tokenizer_path)
+        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len, format=args.format,
+                          split=args.split, skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
+        if not args.quiet:
+            print_preprocess_summary(meta, args.output)
+
+    return run_command(body)
+
+
+def _build_vocab(corpora, output, min_freq, format, split) -> str:
+    from chatbot.corpus import read_dialogues
+    from chatbot.vocab import corpus_vocab, write_vocab
+
+    texts = (t for path in corpora for d in read_dialogues(path, format=format, split=split, skip_bad=True) for t in d)
+    tokens = corpus_vocab(texts, min_freq)
+    print(f"wrote a {len(tokens)}-token vocabulary to {write_vocab(tokens, output)}", file=sys.stderr)
+    return output

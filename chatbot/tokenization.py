@@ -34,7 +34,10 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     else:
         raise FileNotFoundError(f"vocabulary not found: {path} (expected a vocab.txt file or a folder)")
     vocab = tokenizer.get_vocab()
-    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in vocab]
+    # BertTokenizerFast appends specials the file lacks as extra ids past the vocabulary, which
+    # a model's embedding would not cover: require them in the file itself.
+    n_file = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if vocab.get(t, n_file) >= n_file]
     if missing:
         raise ValueError(f"{path}: the vocabulary lacks {', '.join(missing)}; a BERT-style vocab.txt "
                          "starts with [PAD] [UNK] [CLS] [SEP] [MASK] (see vocab/vocab.txt)")

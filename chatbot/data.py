@@ -1,0 +1,201 @@
+"""Encoded datasets, batching and collation for training and evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from transformers import BertTokenizerFast
+
+from chatbot.preprocess import FORMAT_VERSION, cache_key, is_fresh, preprocess
+from chatbot.tokenization import vocab_fingerprint
+
+IGNORE_INDEX = -100  # positions the loss skips (torch's cross_entropy default)
+LOSS_ON = ("all", "replies", "last")
+
+
+class TokenDataset(Dataset):
+    """Examples of an encoded folder (see chatbot.preprocess), memory-mapped, never loaded whole."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        missing = [f for f in ("meta.json", "offsets.npy", "tokens.bin") if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not an encoded dataset: missing {', '.join(missing)} "
+                                    "(make one with chatbot-preprocess)")
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder} was written by another chatbot version (format "
+                             f"{self.meta.get('format_version')}, expected {FORMAT_VERSION}); run chatbot-preprocess again")
+        self.offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+        self.tokens = np.memmap(folder / "tokens.bin", dtype=self.meta["dtype"], mode="r")
+        self.lengths = np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.tokens[self.offsets[index]:self.offsets[index + 1]].astype(np.int64)
+
+
+def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int, format: str = "auto",
+                 split: str | None = None, skip_bad: bool = False, cache_dir: str | Path | None = None,
+                 workers: int = 1, progress: bool = True) -> TokenDataset:
+    """Open an encoded folder, or encode a raw corpus file once and reuse the cached result.
+
+    The cache is rebuilt whenever the corpus (size or mtime), the vocabulary or `max_len`
+    changes, so edits to a corpus are never silently ignored.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: if an encoded folder does not match `tokenizer` or exceeds `max_len`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        dataset = TokenDataset(path)
+        if dataset.meta["vocab_fingerprint"] != vocab_fingerprint(tokenizer):
+            raise ValueError(f"{path} was encoded with another vocabulary than this model's; "
+                             "run chatbot-preprocess again with the model's tokenizer (--tokenizer DIR)")
+        if dataset.meta["max_len"] > max_len:
+            raise ValueError(f"{path} holds examples up to {dataset.meta['max_len']} tokens but max_len is "
+                             f"{max_len}; preprocess again with --max-len {max_len} or raise --max-len")
+        return dataset
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus not found: {path}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = cache_dir / cache_key(path, format=format, split=split)
+    meta_file = folder / "meta.json"
+    if meta_file.is_file() and is_fresh(json.loads(meta_file.read_text(encoding="utf-8")), [path], tokenizer, max_len):
+        return TokenDataset(folder)
+    if progress:
+        print(f"encoding {path} into {folder}", file=sys.stderr)
+    preprocess([path], folder, tokenizer, max_len=max_len, format=format, split=split,
+               skip_bad=skip_bad, workers=workers, progress=progress)
+    return TokenDataset(folder)
+
+
+def default_cache_dir() -> Path:
+    """Where encoded corpora are cached: $CHATBOT_CACHE, else ~/.cache/chatbot."""
+    return Path(os.environ.get("CHATBOT_CACHE", Path.home() / ".cache" / "chatbot"))
+
+
+def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all",
+                 speaker_ids: bool = False) -> Callable[[list[np.ndarray]], dict[str, torch.Tensor]]:
+    """A collate_fn padding a batch to its longest example.
+
+    Returns `input_ids`, `attention_mask`, `labels` (and `token_type_ids` when `speaker_ids`).
+    `labels` equal `input_ids` where the loss applies and IGNORE_INDEX elsewhere; GPT2LMHeadModel
+    shifts them itself, so the logits at position t are scored against labels[t + 1].
+
+    loss_on: "all" every token (GPT2-chitchat), "replies" every turn but the first (DialoGPT),
+    "last" only the final turn (CDial-GPT). A turn's closing [SEP] counts as part of it, so the
+    model learns where replies end; [CLS] never has a label.
+    """
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
+    pad_id, sep_id = tokenizer.pad_token_id, tokenizer.sep_token_id
+    speakers = None
+    if speaker_ids:
+        vocab = tokenizer.get_vocab()
+        if "[speaker1]" not in vocab or "[speaker2]" not in vocab:
+            raise ValueError("speaker ids need [speaker1] and [speaker2] in the vocabulary (vocab/vocab.txt has them)")
+        speakers = np.array([vocab["[speaker1]"], vocab["[speaker2]"]])
+
+    def collate(batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids in batch)
+        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (B, T)
+        labels = np.full((len(batch), width), IGNORE_INDEX, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            n = len(ids)
+            input_ids[row, :n] = ids
+            mask[row, :n] = 1
+            turn = turn_index(ids, sep_id)
+            first = {"all": 0, "replies": 1, "last": turn[-1]}[loss_on]
+            keep = turn >= first
+            keep[0] = False  # [CLS] is given, never predicted
+            labels[row, :n] = np.where(keep, ids, IGNORE_INDEX)
+            if speakers is not None:
+                types[row, :n] = speakers[turn % 2]
+        out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
+               "labels": torch.from_numpy(labels)}
+        if speakers is not None:
+            out["token_type_ids"] = torch.from_numpy(types)
+        return out
+
+    return collate
+
+
+def turn_index(ids: np.ndarray, sep_id: int) -> np.ndarray:
+    """The 0-based turn of each position; a turn's closing [SEP] belongs to it.
+
+    `[CLS] a a [SEP] b [SEP]` -> `0 0 0 0 1 1`.
+    """
+    is_sep = (ids == sep_id).astype(np.int64)
+    return np.cumsum(is_sep) - is_sep
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length examples, in random order, split across DDP ranks.
+
+    Each epoch the indices are shuffled, cut into groups of `group_size` batches, each group
+    sorted by length and cut into batches, and the batches shuffled again: padding drops while
+    batches stay random. Every rank gets the same number of batches (the shortest tail is
+    dropped), so DDP ranks never wait on each other at the end of an epoch. Deterministic in
+    (seed, epoch): call `set_epoch` every epoch.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, group_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(lengths) < num_replicas:
+            raise ValueError(f"{len(lengths)} examples cannot be split across {num_replicas} processes")
+        self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
+        self.num_replicas, self.rank, self.group_size, self.epoch = num_replicas, rank, group_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[np.ndarray]:
+        if not self.shuffle:  # evaluation: sorted by length, the least padding possible
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        group = self.batch_size * self.group_size
+        batches = []
+        for i in range(0, len(order), group):
+            chunk = order[i:i + group]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
+        for batch in batches[self.rank::self.num_replicas][:per_rank]:
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.lengths) / self.batch_size)
+        return n // self.num_replicas if self.num_replicas > 1 else n
+
+
+def padding_fraction(lengths: np.ndarray, batches: list[list[int]]) -> float:
+    """Share of positions in padded batches that are padding."""
+    real = padded = 0
+    for batch in batches:
+        lens = lengths[batch]
+        real += int(lens.sum())
+        padded += int(lens.max()) * len(lens)
+    return 1 - real / padded if padded else 0.0
