@@ -97,3 +97,54 @@ def _build_vocab(corpora, output, min_freq, format, split) -> str:
     tokens = corpus_vocab(texts, min_freq)
     print(f"wrote a {len(tokens)}-token vocabulary to {write_vocab(tokens, output)}", file=sys.stderr)
     return output
+
+
+def _config_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
+    """One flag per dataclass field (`batch_size` -> `--batch-size`), with the field's help and default."""
+    import dataclasses
+    import typing
+
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+            continue
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        parser.add_argument(flag, type=base, default=f.default, help=f.metadata["help"],
+                            choices=f.metadata.get("choices"), metavar=None if "choices" in f.metadata else base.__name__.upper())
+    return parser
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """chatbot-train: train or fine-tune a GPT-2 on dialogues."""
+    from chatbot.config import TrainConfig
+
+    parser = _config_parser(
+        TrainConfig, "chatbot-train",
+        "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained folder). "
+        "With no arguments: configs/tiny.json on data/train.txt into model/. "
+        "Several GPUs: torchrun --nproc_per_node N --no-python chatbot-train ...")
+    args = parser.parse_args(argv)
+    try:
+        cfg = TrainConfig(**vars(args))
+    except ValueError as e:  # checked before any work starts, reported like argparse's own errors
+        parser.error(str(e))
+
+    def body() -> int:
+        from chatbot.train import train
+
+        _quiet_transformers()
+        return train(cfg).exit_code
+
+    return run_command(body)
+
+
+def _quiet_transformers() -> None:
+    """Our own tables say what happens; transformers' notices (e.g. loss_type) would only add noise."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()

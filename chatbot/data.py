@@ -87,8 +87,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CHATBOT_CACHE", Path.home() / ".cache" / "chatbot"))
 
 
-def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all",
-                 speaker_ids: bool = False) -> Callable[[list[np.ndarray]], dict[str, torch.Tensor]]:
+def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_ids: bool = False,
+                 reverse: bool = False) -> Callable[[list[np.ndarray]], dict[str, torch.Tensor]]:
     """A collate_fn padding a batch to its longest example.
 
     Returns `input_ids`, `attention_mask`, `labels` (and `token_type_ids` when `speaker_ids`).
@@ -97,7 +97,8 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all",
 
     loss_on: "all" every token (GPT2-chitchat), "replies" every turn but the first (DialoGPT),
     "last" only the final turn (CDial-GPT). A turn's closing [SEP] counts as part of it, so the
-    model learns where replies end; [CLS] never has a label.
+    model learns where replies end; [CLS] never has a label. `reverse` reverses the turn order
+    of every example first (the backward model of MMI reranking).
     """
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
@@ -110,6 +111,8 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all",
         speakers = np.array([vocab["[speaker1]"], vocab["[speaker2]"]])
 
     def collate(batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        if reverse:
+            batch = [reverse_turns(ids, sep_id) for ids in batch]
         width = max(len(ids) for ids in batch)
         input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (B, T)
         labels = np.full((len(batch), width), IGNORE_INDEX, dtype=np.int64)
@@ -144,6 +147,14 @@ def turn_index(ids: np.ndarray, sep_id: int) -> np.ndarray:
     return np.cumsum(is_sep) - is_sep
 
 
+def reverse_turns(ids: np.ndarray, sep_id: int) -> np.ndarray:
+    """`[CLS] a [SEP] b [SEP]` -> `[CLS] b [SEP] a [SEP]`."""
+    body = ids[1:]
+    ends = np.flatnonzero(body == sep_id) + 1
+    turns = np.split(body, ends[:-1])
+    return np.concatenate([ids[:1], *turns[::-1]])
+
+
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Batches of similar-length examples, in random order, split across DDP ranks.
 
@@ -151,7 +162,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     sorted by length and cut into batches, and the batches shuffled again: padding drops while
     batches stay random. Every rank gets the same number of batches (the shortest tail is
     dropped), so DDP ranks never wait on each other at the end of an epoch. Deterministic in
-    (seed, epoch): call `set_epoch` every epoch.
+    (seed, epoch): call `set_epoch` every epoch. With `shuffle=False` (evaluation) batches are
+    sorted by length and every example is kept.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, *, shuffle: bool = True, seed: int = 0,
@@ -161,10 +173,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if len(lengths) < num_replicas:
             raise ValueError(f"{len(lengths)} examples cannot be split across {num_replicas} processes")
         self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
-        self.num_replicas, self.rank, self.group_size, self.epoch = num_replicas, rank, group_size, 0
+        self.num_replicas, self.rank, self.group_size = num_replicas, rank, group_size
+        self.epoch = self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; `start_batch` skips the batches a resumed run already did."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def _all_batches(self) -> list[np.ndarray]:
         if not self.shuffle:  # evaluation: sorted by length, the least padding possible
@@ -180,15 +194,48 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
+    def rank_batches(self) -> list[np.ndarray]:
+        """This rank's batches for the current epoch, from the first one."""
+        batches = self._all_batches()[self.rank::self.num_replicas]
+        return batches[:len(self)] if self.shuffle else batches
+
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all_batches()
-        per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
-        for batch in batches[self.rank::self.num_replicas][:per_rank]:
+        for batch in self.rank_batches()[self.start_batch:]:
             yield batch.tolist()
 
     def __len__(self) -> int:
+        """Batches per epoch on this rank (training ranks all get the same number)."""
         n = math.ceil(len(self.lengths) / self.batch_size)
-        return n // self.num_replicas if self.num_replicas > 1 else n
+        if not self.shuffle:
+            return len(range(self.rank, n, self.num_replicas))
+        return n // self.num_replicas
+
+
+class Subset(Dataset):
+    """Some examples of a dataset, keeping `lengths` for the batch sampler."""
+
+    def __init__(self, dataset: TokenDataset | "Subset", indices: np.ndarray):
+        self.dataset, self.indices = dataset, np.asarray(indices)
+        self.lengths = dataset.lengths[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.dataset[int(self.indices[index])]
+
+
+def split_holdout(dataset: TokenDataset, ratio: float, seed: int) -> tuple[Subset, Subset]:
+    """A seeded (train, valid) split of the examples, at least one example on each side.
+
+    Raises:
+        ValueError: if there are fewer than two examples.
+    """
+    if len(dataset) < 2:
+        raise ValueError(f"--valid-ratio needs at least 2 examples, the training data has {len(dataset)}")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    n_valid = min(max(1, round(len(dataset) * ratio)), len(dataset) - 1)
+    return Subset(dataset, np.sort(order[n_valid:])), Subset(dataset, np.sort(order[:n_valid]))
 
 
 def padding_fraction(lengths: np.ndarray, batches: list[list[int]]) -> float:

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import torch
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
 
 from chatbot.tokenization import load_tokenizer
+
+# transformers' own bars ("Loading weights", "Writing model shards") would interleave with ours
+# on every save and load.
+hf_logging.disable_progress_bar()
 
 TRAINING_ARGS = "training_args.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -40,6 +45,7 @@ def load_gpt2_config(path: str | Path, tokenizer: BertTokenizerFast) -> GPT2Conf
         raise ValueError(f"{path} is not a valid JSON model config: {e}") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{path} must hold a JSON object of GPT2Config fields, got {type(fields).__name__}")
+    fields = {k: v for k, v in fields.items() if not k.startswith("_")}  # "_comment" keys document the file
     fields.update(vocab_size=len(tokenizer), **special_ids(tokenizer))
     config = GPT2Config(**fields)
     if config.n_embd % config.n_head:

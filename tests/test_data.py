@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from chatbot.data import IGNORE_INDEX, LengthGroupedBatchSampler, make_collate, padding_fraction, turn_index
+from chatbot.data import (IGNORE_INDEX, LengthGroupedBatchSampler, make_collate, padding_fraction, reverse_turns,
+                          split_holdout, turn_index)
 
 X = IGNORE_INDEX
 # [CLS]=2 [SEP]=3 [PAD]=0; 7..9 are ordinary tokens
@@ -65,3 +66,26 @@ def test_sampler_splits_equally_across_ranks():
 def test_unshuffled_sampler_sorts_by_length():
     batches = list(LengthGroupedBatchSampler(np.array([5, 1, 3, 2]), 2, shuffle=False))
     assert batches == [[1, 3], [2, 0]]
+
+
+def test_reverse_turns_for_the_backward_model(tokenizer):
+    assert reverse_turns(A, 3).tolist() == [2, 7, 3, 9, 3, 7, 8, 3]
+    batch = make_collate(tokenizer, reverse=True, loss_on="last")([A])
+    assert batch["labels"].tolist() == [[X, X, X, X, X, 7, 8, 3]]
+
+
+def test_split_holdout_is_seeded_and_disjoint():
+    class Fake:
+        lengths = np.arange(10)
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return i
+
+    train, valid = split_holdout(Fake(), 0.2, seed=0)
+    assert len(train) == 8 and len(valid) == 2
+    assert sorted([train[i] for i in range(8)] + [valid[i] for i in range(2)]) == list(range(10))
+    assert split_holdout(Fake(), 0.2, seed=0)[1].indices.tolist() == valid.indices.tolist()
+    assert valid.lengths.tolist() == valid.indices.tolist()
