@@ -104,18 +104,21 @@ def _config_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
     import dataclasses
     import typing
 
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
+        shown = f.metadata["help"]
+        if f.default not in (None, False) and "default" not in shown:
+            shown += f" (default: {f.default})"
         if kind is bool:
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+            parser.add_argument(flag, action="store_true", help=shown)
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        parser.add_argument(flag, type=base, default=f.default, help=f.metadata["help"],
-                            choices=f.metadata.get("choices"), metavar=None if "choices" in f.metadata else base.__name__.upper())
+        metavar = None if "choices" in f.metadata else {int: "N", float: "X"}.get(base, "PATH")
+        parser.add_argument(flag, type=base, default=f.default, help=shown,
+                            choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar", metavar))
     return parser
 
 

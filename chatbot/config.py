@@ -28,7 +28,7 @@ class TrainConfig:
                                   "bundled sample, else none)")
     valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation instead of --valid")
     format: str = opt("auto", "corpus format", choices=FORMATS)
-    split: str | None = opt(None, "LCCC split to read (train, valid, test)")
+    split: str | None = opt(None, "LCCC split to read (train, valid, test)", metavar="NAME")
     skip_bad: bool = opt(False, "skip unreadable corpus records instead of stopping")
     max_len: int | None = opt(None, "tokens per training example (default: min(256, the model's n_positions))")
     loss_on: str = opt("all", "tokens that carry loss: all, replies (every turn but the first), last (final turn)",
@@ -40,7 +40,8 @@ class TrainConfig:
     pretrained: str | None = opt(None, "fine-tune this local Hugging Face GPT-2 folder (its tokenizer is used)")
     vocab: str = opt("vocab/vocab.txt", "vocab.txt for a model trained from scratch")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
-    freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)")
+    freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",
+                             metavar="WHAT")
     # optimisation
     epochs: int = opt(40, "passes over the training data")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
@@ -54,7 +55,7 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
     seed: int = opt(42, "random seed (each process adds its rank)")
     # hardware
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)", metavar="DEVICE")
     precision: str = opt("auto", "auto (bf16, else fp16 on GPU; fp32 on CPU), fp32, bf16 or fp16",
                          choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a slow first one)")
@@ -67,7 +68,8 @@ class TrainConfig:
     save_steps: int = opt(0, "also save a checkpoint every N optimizer steps (0: once per epoch)")
     save_total_limit: int = opt(2, "keep only the newest N checkpoint-* folders (0: keep all)")
     log_steps: int = opt(10, "write metrics every N optimizer steps")
-    resume: str | None = opt(None, "'auto' (newest checkpoint in --output-dir) or a checkpoint folder")
+    resume: str | None = opt(None, "'auto' (newest checkpoint in --output-dir) or a checkpoint folder",
+                             metavar="auto|PATH")
     eval_generate: int = opt(0, "after training, generate replies for N validation dialogues and log BLEU/Distinct")
     quiet: bool = opt(False, "no progress bar or tables")
 

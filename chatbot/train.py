@@ -342,7 +342,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                     loss_sum, labels, tokens = all_reduce_sum([window_loss.item(), window_labels, window_tokens], device)
                     elapsed = time.perf_counter() - window_start
                     row = {"step": state["step"], "epoch": state["epoch"], "loss": loss_sum / max(labels, 1),
-                           "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed}
+                           "lr": scheduler.get_last_lr()[0], "tokens": int(tokens), "tokens_per_s": tokens / elapsed}
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,.0f}")
                     window_loss.zero_()
