@@ -90,3 +90,15 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 def load_state(path: Path) -> dict:
     # Our own file: it holds numpy RNG state and optimizer tensors, not only plain tensors.
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def publish_model(path: Path, model, tokenizer, training_args: dict) -> None:
+    """Write a loadable model folder under a temporary name and swap it in."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(tmp, model, tokenizer, training_args)
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)

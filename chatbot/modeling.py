@@ -9,7 +9,6 @@ A model folder (what `chatbot-train` writes as `final/`, `best/` and each `check
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -133,12 +132,3 @@ def save_model(path: str | Path, model: GPT2LMHeadModel, tokenizer: BertTokenize
     (path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
     (path / TRAINING_ARGS).write_text(json.dumps(training_args, ensure_ascii=False, indent=2), encoding="utf-8")
     return path
-
-
-def copy_model_dir(src: str | Path, dst: str | Path) -> None:
-    """Copy the loadable files of a model folder (used to publish best/ and final/)."""
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in Path(src).iterdir():
-        if f.is_file() and f.name != "trainer_state.pt":
-            shutil.copy2(f, dst / f.name)

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import signal
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,16 +20,41 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import GPT2LMHeadModel
 
-from chatbot.checkpoint import load_state, resolve_resume, restore_rng_states, rng_states, save_checkpoint
+from chatbot.checkpoint import (
+    load_state,
+    publish_model,
+    resolve_resume,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from chatbot.config import TrainConfig
-from chatbot.data import LengthGroupedBatchSampler, load_dataset, make_collate, padding_fraction, split_holdout
-from chatbot.distributed import DistInfo, all_reduce_sum, broadcast_flag, cleanup, setup_distributed
+from chatbot.data import (
+    LengthGroupedBatchSampler,
+    load_dataset,
+    make_collate,
+    padding_fraction,
+    split_holdout,
+)
+from chatbot.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    broadcast_flag,
+    cleanup,
+    setup_distributed,
+)
 from chatbot.evaluate import evaluate_loss
-from chatbot.modeling import build_model, check_model_dir, check_vocab_fits, load_gpt2_config, save_model, special_ids
+from chatbot.modeling import (
+    build_model,
+    check_model_dir,
+    check_vocab_fits,
+    load_gpt2_config,
+    special_ids,
+)
+from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
 from chatbot.reports import print_table
 from chatbot.tokenization import load_tokenizer
 
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"
 
 
@@ -138,61 +160,6 @@ def _resolved_max_len(cfg: TrainConfig, model) -> int:
     return max_len
 
 
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each optimizer step."""
-
-    def __init__(self):
-        self.signum = None
-        self.previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signal handlers can only be set from the main thread
-        for sig in EXIT_SIGNAL:
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C while saving: give up at once
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-class _MetricsLog:
-    """metrics.jsonl on rank 0, plus TensorBoard events when tensorboard is installed."""
-
-    def __init__(self, output_dir: Path, enabled: bool):
-        self.enabled, self.board = enabled, None
-        if not enabled:
-            return
-        self.file = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.board = SummaryWriter(str(output_dir / "runs"))
-        except ImportError:  # tensorboard is optional
-            pass
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        if self.board:
-            for key, value in row.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                    self.board.add_scalar(key, value, row["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            if self.board:
-                self.board.close()
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Run a whole training job as configured; see `chatbot-train --help`."""
     info, device = setup_distributed(cfg.device)
@@ -270,7 +237,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                 ("resuming from", str(resume_dir) if resume_dir else "no"),
                 ("output", str(output_dir)),
             ])
-    log = _MetricsLog(output_dir, info.is_main)
+    log = MetricsLog(output_dir, info.is_main)
 
     saved_at = {"step": None, "eval": None}
 
@@ -295,7 +262,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
         if state["best_loss"] is None or metrics["loss"] < state["best_loss"]:
             state["best_loss"], state["bad_evals"] = metrics["loss"], 0
             if info.is_main:
-                _publish(output_dir / "best", raw_model, tokenizer, dict(training_args, valid_ppl=metrics["ppl"]))
+                publish_model(output_dir / "best", raw_model, tokenizer, dict(training_args, valid_ppl=metrics["ppl"]))
         else:
             state["bad_evals"] += 1
         if info.is_main and not cfg.quiet:
@@ -308,7 +275,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     window_tokens, window_labels, window_start = 0, 0, time.perf_counter()
     stop_reason, exit_code = None, 0
     started = time.perf_counter()
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         while state["epoch"] < cfg.epochs and stop_reason is None:
             sampler.set_epoch(state["epoch"], start_batch=state["micro_in_epoch"])
             micro = state["micro_in_epoch"]
@@ -378,7 +345,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     log.close()
     best_ppl = math.exp(state["best_loss"]) if state["best_loss"] is not None else None
     if info.is_main:
-        _publish(output_dir / "final", raw_model, tokenizer, training_args)
+        publish_model(output_dir / "final", raw_model, tokenizer, training_args)
         if not cfg.quiet:
             print_table("training finished", [
                 ("steps", state["step"]), ("epochs completed", state["epoch"]),
@@ -389,18 +356,6 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                 ("chat with it", f"chatbot-chat --model {output_dir / 'final'}"),
             ])
     return TrainResult(state["step"], 0, best_ppl, output_dir, raw_model)
-
-
-def _publish(path: Path, model, tokenizer, training_args: dict) -> None:
-    """Write a loadable model folder under a temporary name and swap it in."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, model, tokenizer, training_args)
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _seed_everything(seed: int) -> None:
