@@ -129,6 +129,7 @@ class ChatBot:
 
     @property
     def device(self) -> torch.device:
+        """Where the model runs."""
         return self._forward.model.device
 
     def resolve_options(self, options: SamplingOptions | None = None, **changes) -> SamplingOptions:
@@ -143,8 +144,8 @@ class ChatBot:
             raise ValueError(f"num_candidates={options.num_candidates} needs an MMI model to choose between "
                              "candidates; load one with mmi_model=DIR (--mmi-model) or use 1")
         if options.max_new_tokens > self._forward.max_len - 3:
-            raise ValueError(f"max_new_tokens (--max-len) must be <= {self._forward.max_len - 3} for this model (its "
-                             f"length limit is {self._forward.max_len}), got {options.max_new_tokens}")
+            raise ValueError(f"max_new_tokens (--max-len) must be <= {self._forward.max_len - 3} for this model "
+                             f"(its length limit is {self._forward.max_len}), got {options.max_new_tokens}")
         return options
 
     def reply(self, text: str, history: list[str] | None = None, **options) -> str:
@@ -212,6 +213,7 @@ class ChatBot:
                 return
             ids.append(token_id)
             new_text = self._decode(ids)
+            assert new_text.startswith(text), "decode_ids must only append as tokens are added"
             if new_text != text:
                 yield new_text[len(text):]
                 text = new_text
