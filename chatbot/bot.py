@@ -22,7 +22,8 @@ from transformers import BertTokenizerFast, GPT2LMHeadModel
 from chatbot.history import fit_turns, join_turns, speaker_type_ids
 from chatbot.mmi import score_replies
 from chatbot.modeling import load_model
-from chatbot.sampling import SamplingOptions, generate_tokens
+from chatbot.options import SamplingOptions
+from chatbot.sampling import generate_tokens
 from chatbot.tokenization import decode_ids, encode_texts, hidden_token_ids, vocab_fingerprint
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,9 @@ class ChatBot:
         With several candidates (and an MMI model), the best one comes as a single piece.
         """
         options = self.resolve_options(**changes)
-        turns, notice = fit_turns(encode_texts(self.tokenizer, [*history, text]), max_history=self.max_history,
+        # Only the newest max_history turns can be used: the rest is not worth encoding.
+        recent = encode_texts(self.tokenizer, [*history, text][-self.max_history:])
+        turns, notice = fit_turns(recent, max_history=self.max_history,
                                   max_len=self._forward.max_len - options.max_new_tokens)
         if notice:
             log.warning(notice)

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from chatbot.options import SamplingOptions, check_options
+
 EXIT_USAGE = 2
 
 
@@ -38,8 +40,7 @@ def positive_int(text: str) -> int:
 
 
 def _option_type(name: str, kind: type) -> Callable[[str], int | float]:
-    """argparse type for a sampling option, checked against the range `chatbot.sampling` allows."""
-    from chatbot.sampling import check_options
+    """argparse type for a sampling option, checked against the range `chatbot.options` allows."""
 
     def parse(text: str) -> int | float:
         try:
@@ -57,8 +58,6 @@ def _option_type(name: str, kind: type) -> Callable[[str], int | float]:
 
 
 def chat_parser() -> argparse.ArgumentParser:
-    from chatbot.sampling import SamplingOptions
-
     d = SamplingOptions()
     p = argparse.ArgumentParser(
         prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
@@ -118,7 +117,6 @@ def _chat(args: argparse.Namespace) -> None:
 
     from chatbot.bot import ChatBot
     from chatbot.repl import Session, prompt_reader, run_piped, run_repl
-    from chatbot.sampling import SamplingOptions
 
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
     options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__}

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from chatbot.bot import ChatBot, Conversation
-from chatbot.sampling import SamplingOptions
+from chatbot.options import SamplingOptions
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -125,8 +125,6 @@ def _show_reply(session: Session, text: str, console: Console) -> None:
         session.respond(text, lambda piece: console.print(piece, end="", markup=False, highlight=False))
     except KeyboardInterrupt:
         console.print(" [dim](stopped; this exchange is forgotten)[/]", end="")
-    except ValueError as e:
-        console.print(f"[red]error:[/] {e}", end="")
     console.print()
 
 

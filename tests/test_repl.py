@@ -1,6 +1,8 @@
 import io
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from prompt_toolkit.input import create_pipe_input
@@ -10,7 +12,7 @@ from rich.console import Console
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main
 from chatbot.repl import Session, parse_settings, prompt_reader, run_repl
-from chatbot.sampling import SamplingOptions
+from chatbot.options import SamplingOptions
 
 
 @pytest.fixture
@@ -129,6 +131,12 @@ def test_piped_stdin_gives_one_reply_per_line_and_a_transcript(tiny_model_dir, t
     assert f"transcript saved to {transcript}" in out.err
     turns = json.loads(transcript.read_text(encoding="utf-8"))["turns"]
     assert turns == [{"user": "你好", "bot": lines[0]}, {"user": "谢谢", "bot": lines[2]}]
+
+
+def test_help_and_flag_checks_do_not_import_torch():
+    code = ("import sys\nfrom chatbot.cli import chat_parser\nchat_parser().parse_args(['--top-p', '0.5'])\n"
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
 def test_help_lists_every_flag(capsys):

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from chatbot.sampling import (SamplingOptions, apply_repetition_penalty, check_options, filter_logits,
-                              generate_tokens, repeated_ngram_ids, sample_next_token)
+from chatbot.options import SamplingOptions, check_options
+from chatbot.sampling import (apply_repetition_penalty, filter_logits, generate_tokens, repeated_ngram_ids,
+                              sample_next_token)
 from chatbot.tokenization import hidden_token_ids
 
 EOS, FALLBACK = 3, 9
