@@ -228,7 +228,7 @@ class ChatBot:
         sep_id = self.tokenizer.sep_token_id
         replies = [c[:c.index(sep_id)] if sep_id in c else c for c in candidates]
         losses = score_replies(self._backward.model, replies, turns, cls_id=self.tokenizer.cls_token_id,
-                               sep_id=sep_id, pad_id=self.tokenizer.pad_token_id,
+                               sep_id=sep_id, pad_id=self.tokenizer.pad_token_id, max_len=self._backward.max_len,
                                speaker_ids=self._backward.speaker_ids)
         return replies[min(range(len(replies)), key=losses.__getitem__)]
 

@@ -37,20 +37,20 @@ def backward_input(reply: list[int], turns: list[list[int]], *, cls_id: int, sep
 
 @torch.inference_mode()
 def score_replies(model: PreTrainedModel, replies: list[list[int]], turns: list[list[int]], *, cls_id: int,
-                  sep_id: int, pad_id: int, speaker_ids: tuple[int, int] | None = None) -> list[float]:
+                  sep_id: int, pad_id: int, max_len: int, speaker_ids: tuple[int, int] | None = None) -> list[float]:
     """The backward model's mean loss of the context given each reply, in one batch.
 
     Args:
         model: the backward model.
         replies: candidate replies as ids.
         turns: the context turns, oldest first, the message last.
+        max_len: the backward model's length limit (see `backward_input`).
         speaker_ids: the ([speaker1], [speaker2]) ids if the backward model was trained with them.
 
     Returns:
         One loss per reply; lower is better.
     """
-    rows = [backward_input(r, turns, cls_id=cls_id, sep_id=sep_id, max_len=model.config.n_positions)
-            for r in replies]
+    rows = [backward_input(r, turns, cls_id=cls_id, sep_id=sep_id, max_len=max_len) for r in replies]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T), right-padded
     labels = torch.full_like(input_ids, IGNORE_INDEX)

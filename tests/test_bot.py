@@ -61,7 +61,7 @@ def test_backward_input_reverses_the_turns_and_drops_the_oldest_to_fit():
 
 def test_batched_mmi_scores_equal_one_by_one_losses(tiny_model):
     replies, turns = [[10], [11, 12, 13], [14, 15]], [[7, 8], [9]]
-    batched = score_replies(tiny_model, replies, turns, cls_id=CLS, sep_id=SEP, pad_id=0)
+    batched = score_replies(tiny_model, replies, turns, cls_id=CLS, sep_id=SEP, pad_id=0, max_len=64)
     for reply, score in zip(replies, batched):
         ids, skip = backward_input(reply, turns, cls_id=CLS, sep_id=SEP, max_len=64)
         labels = torch.tensor([[-100] * skip + ids[skip:]])
