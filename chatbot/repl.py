@@ -7,8 +7,8 @@ Ctrl-C to stop a reply) and `run_piped` for scripts (one reply per input line, n
 from __future__ import annotations
 
 import json
-from contextlib import closing
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
