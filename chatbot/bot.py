@@ -1,0 +1,276 @@
+"""`ChatBot`: the object bots and the REPL talk to. History in, text out.
+
+    from chatbot import ChatBot
+    bot = ChatBot.from_pretrained("model/final")
+    bot.reply("你好")                   # remembers the exchange
+    conv = bot.conversation("user-42")  # one history per user, safe to use from many threads
+    for piece in conv.stream("在吗"):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import BertTokenizerFast, GPT2LMHeadModel
+
+from chatbot.history import fit_turns, join_turns, speaker_type_ids
+from chatbot.mmi import score_replies
+from chatbot.modeling import load_model
+from chatbot.options import SamplingOptions
+from chatbot.sampling import generate_tokens
+from chatbot.tokenization import decode_ids, encode_texts, hidden_token_ids, vocab_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`"auto"` is CUDA when available, else CPU.
+
+    Raises:
+        ValueError: for an unknown device name or CUDA asked for where there is none.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+    return resolved
+
+
+def _inference_dtype(device: torch.device) -> torch.dtype | None:
+    """Half precision on a GPU (bf16 where supported) roughly halves latency; CPUs keep float32."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class _Model:
+    """A loaded model with what generation needs to know about it."""
+
+    def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, training_args: dict):
+        self.model = model
+        # A training max_len below n_positions leaves later position embeddings untrained.
+        self.max_len = min(model.config.n_positions, training_args.get("max_len") or model.config.n_positions)
+        self.speaker_ids = None
+        if training_args.get("speaker_ids"):
+            ids = tokenizer.convert_tokens_to_ids(["[speaker1]", "[speaker2]"])
+            if tokenizer.unk_token_id in ids:
+                raise ValueError("the model was trained with speaker ids but its vocabulary lacks "
+                                 "[speaker1]/[speaker2]; use the tokenizer saved with the model")
+            self.speaker_ids = tuple(ids)
+
+
+class ChatBot:
+    """A model, its tokenizer and default sampling options, plus one history per conversation.
+
+    One instance can serve many users from many threads: each `Conversation` guards its own
+    history, and the model is only read.
+    """
+
+    def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
+                 backward: tuple[GPT2LMHeadModel, dict] | None = None, max_history: int = 3,
+                 options: SamplingOptions = SamplingOptions()):
+        """Wrap loaded models; most callers want `from_pretrained`.
+
+        Args:
+            backward: (backward model, its training args) for MMI reranking, sharing `tokenizer`.
+            max_history: turns the model sees, the new message included (>= 1).
+            options: default sampling options; each call may override them.
+        """
+        if max_history < 1:
+            raise ValueError(f"max_history must be >= 1 (it counts the message itself), got {max_history}")
+        self.tokenizer = tokenizer
+        self.max_history = max_history
+        self._forward = _Model(model, tokenizer, training_args or {})
+        self._backward = _Model(backward[0], tokenizer, backward[1]) if backward else None
+        self._hidden = hidden_token_ids(tokenizer)
+        self._banned = self._hidden - {tokenizer.sep_token_id}
+        self.options = self.resolve_options(options)
+        self._default = Conversation(self)
+        self._conversations: dict[str, Conversation] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", *,
+                        mmi_model: str | Path | None = None, max_history: int = 3, **sampling) -> ChatBot:
+        """Load a model folder written by `chatbot-train`.
+
+        Args:
+            path: the model folder (e.g. `model/final`).
+            device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+            mmi_model: a backward model folder (`chatbot-train --reverse`) to rerank candidates.
+            max_history: turns the model sees, the new message included.
+            **sampling: default `SamplingOptions` fields, e.g. temperature=0.7, num_candidates=5.
+
+        Raises:
+            FileNotFoundError: naming the folder, the missing files and how to make one.
+            ValueError: for a bad option or device, or an MMI model with another vocabulary.
+        """
+        options = SamplingOptions().replace(**sampling)  # fail on a bad option before loading
+        device = resolve_device(device)
+        model, tokenizer, training_args = load_model(path, device, _inference_dtype(device))
+        backward = None
+        if mmi_model is not None:
+            back_model, back_tokenizer, back_args = load_model(mmi_model, device, _inference_dtype(device))
+            if vocab_fingerprint(back_tokenizer) != vocab_fingerprint(tokenizer):
+                raise ValueError(f"the MMI model {mmi_model} uses another vocabulary than {path}; "
+                                 "train both with the same --vocab")
+            backward = (back_model, back_args)
+        return cls(model, tokenizer, training_args=training_args, backward=backward,
+                   max_history=max_history, options=options)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self._forward.model.device
+
+    def resolve_options(self, options: SamplingOptions | None = None, **changes) -> SamplingOptions:
+        """`options` (default: the bot's) with `changes`, checked against this bot's models.
+
+        Raises:
+            ValueError: for a bad option, several candidates without an MMI model to choose
+                between them, or a reply length that leaves no room for the message.
+        """
+        options = (options or self.options).replace(**changes)
+        if options.num_candidates > 1 and self._backward is None:
+            raise ValueError(f"num_candidates={options.num_candidates} needs an MMI model to choose between "
+                             "candidates; load one with mmi_model=DIR (--mmi-model) or use 1")
+        if options.max_new_tokens > self._forward.max_len - 3:
+            raise ValueError(f"max_new_tokens (--max-len) must be <= {self._forward.max_len - 3} for this model "
+                             f"(its length limit is {self._forward.max_len}), got {options.max_new_tokens}")
+        return options
+
+    def reply(self, text: str, history: list[str] | None = None, **options) -> str:
+        """Answer `text`. Without `history` the bot's own conversation is used and extended;
+        with it (oldest turn first) the call is stateless. Options: `seed` and `SamplingOptions` fields."""
+        return "".join(self.stream(text, history, **options))
+
+    def stream(self, text: str, history: list[str] | None = None, **options) -> Iterator[str]:
+        """Like `reply`, but yields the reply's text in pieces as tokens are generated."""
+        if history is None:
+            return self._default.stream(text, **options)
+        return self.generate(text, list(history), **options)
+
+    def reset(self) -> None:
+        """Forget the bot's own conversation (not those from `conversation`)."""
+        self._default.reset()
+
+    @property
+    def history(self) -> list[str]:
+        """The bot's own conversation, oldest turn first."""
+        return self._default.history
+
+    def conversation(self, user_id: str) -> Conversation:
+        """The conversation of `user_id`, created on first use; the same object every time."""
+        with self._lock:
+            return self._conversations.setdefault(user_id, Conversation(self))
+
+    def generate(self, text: str, history: list[str], *, seed: int | None = None, **changes) -> Iterator[str]:
+        """Yield the reply to `text` after `history`, in pieces; touches no stored history.
+
+        With several candidates (and an MMI model), the best one comes as a single piece.
+        """
+        options = self.resolve_options(**changes)
+        # Only the newest max_history turns can be used: the rest is not worth encoding.
+        recent = encode_texts(self.tokenizer, [*history, text][-self.max_history:])
+        turns, notice = fit_turns(recent, max_history=self.max_history,
+                                  max_len=self._forward.max_len - options.max_new_tokens)
+        if notice:
+            log.warning(notice)
+        steps = self._generate_ids(join_turns(turns, cls_id=self.tokenizer.cls_token_id,
+                                              sep_id=self.tokenizer.sep_token_id), options, seed)
+        if options.num_candidates == 1:
+            yield from self._decode_stream(step[0] for step in steps)
+        else:
+            yield self._decode(self._rerank(steps, turns))
+
+    def _generate_ids(self, context: list[int], options: SamplingOptions, seed: int | None) -> Iterator[list[int]]:
+        types = reply_type = None
+        if self._forward.speaker_ids:
+            types, reply_type = speaker_type_ids(context, sep_id=self.tokenizer.sep_token_id,
+                                                 speaker_ids=self._forward.speaker_ids)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        return generate_tokens(self._forward.model, context, eos_id=self.tokenizer.sep_token_id,
+                               banned_ids=self._banned, token_type_ids=types, reply_type_id=reply_type,
+                               generator=generator, **asdict(options))
+
+    def _decode(self, ids: list[int]) -> str:
+        return decode_ids(self.tokenizer, ids, self._hidden)
+
+    def _decode_stream(self, token_ids: Iterator[int]) -> Iterator[str]:
+        """Yield text as it grows. Decoding the whole reply each time (not token by token) lets
+        decode_ids glue `##` pieces and space English words; each decode extends the previous."""
+        ids: list[int] = []
+        text = ""
+        for token_id in token_ids:
+            if token_id == self.tokenizer.sep_token_id:
+                return
+            ids.append(token_id)
+            new_text = self._decode(ids)
+            assert new_text.startswith(text), "decode_ids must only append as tokens are added"
+            if new_text != text:
+                yield new_text[len(text):]
+                text = new_text
+
+    def _rerank(self, steps: Iterator[list[int]], turns: list[list[int]]) -> list[int]:
+        """Collect all candidates, then keep the one the backward model finds most informative
+        about `turns` (those the forward model saw)."""
+        candidates = [list(ids) for ids in zip(*steps)]  # (N, steps)
+        sep_id = self.tokenizer.sep_token_id
+        replies = [c[:c.index(sep_id)] if sep_id in c else c for c in candidates]
+        losses = score_replies(self._backward.model, replies, turns, cls_id=self.tokenizer.cls_token_id,
+                               sep_id=sep_id, pad_id=self.tokenizer.pad_token_id, max_len=self._backward.max_len,
+                               speaker_ids=self._backward.speaker_ids)
+        return replies[min(range(len(replies)), key=losses.__getitem__)]
+
+
+class Conversation:
+    """One user's history. Turns of one conversation run one at a time, in order."""
+
+    def __init__(self, bot: ChatBot):
+        self._bot = bot
+        self._turns: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def history(self) -> list[str]:
+        """The turns so far, oldest first: message, reply, message, reply, ..."""
+        with self._lock:
+            return list(self._turns)
+
+    def reply(self, text: str, **options) -> str:
+        """Answer `text` and remember the exchange (same options as `ChatBot.reply`)."""
+        return "".join(self.stream(text, **options))
+
+    def stream(self, text: str, **options) -> Iterator[str]:
+        """Yield the reply in pieces. The exchange is remembered only once the reply is complete,
+        so an interrupted reply (Ctrl-C, or the caller stopping early) leaves no trace."""
+        with self._lock:
+            pieces = []
+            for piece in self._bot.generate(text, self._turns, **options):
+                pieces.append(piece)
+                yield piece
+            self._turns += [text, "".join(pieces)]
+
+    def reset(self) -> None:
+        """Forget the history."""
+        with self._lock:
+            self._turns.clear()
+
+    def undo(self) -> str | None:
+        """Drop the last exchange and return its message (None if there is none), e.g. to retry it."""
+        with self._lock:
+            if not self._turns:
+                return None
+            text = self._turns[-2]
+            del self._turns[-2:]
+            return text

@@ -1,0 +1,176 @@
+"""Pure generation core: logit filters, one sampling step, and a KV-cached token generator.
+
+No tokenizer, no printing, no global state: everything arrives as arguments, randomness comes
+from an explicit `torch.Generator`, and every option is checked where it is used, naming itself
+and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterator, Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from chatbot.options import check_options
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set the logits outside the top-k / nucleus (top-p) set to -inf.
+
+    Args:
+        logits: (B, V) scores.
+        top_k: keep the k highest logits per row; 0 keeps all.
+        top_p: keep the smallest set of tokens whose probability sum reaches top_p. The most
+            likely token is always kept, so top_p=0 means greedy.
+
+    Returns:
+        A new (B, V) tensor.
+    """
+    check_options(top_k=top_k, top_p=top_p)
+    logits = logits.clone()
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits[logits < kth] = -math.inf
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the first never is.
+        drop_sorted = probs.cumsum(dim=-1) - probs > top_p
+        logits[drop_sorted.scatter(-1, order, drop_sorted)] = -math.inf
+    return logits
+
+
+def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row: argmax when temperature is 0, else sample the filtered softmax.
+
+    Args:
+        logits: (B, V) scores; -inf marks tokens that must not be picked.
+        generator: source of randomness, for reproducible samples.
+
+    Returns:
+        (B,) token ids.
+    """
+    check_options(temperature=temperature)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make each token in `seen_ids` less likely: positive logits are divided by `penalty`, negative
+    ones multiplied (GPT2-chitchat divides both, which makes negative-logit tokens *more* likely).
+
+    Args:
+        logits: (B, V) scores.
+        seen_ids: (B, S) ids to penalise; repeats count once.
+        penalty: >= 1; 1 leaves the logits unchanged.
+
+    Returns:
+        A new (B, V) tensor.
+    """
+    check_options(repetition_penalty=penalty)
+    scores = logits.gather(-1, seen_ids)  # (B, S)
+    scores = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits.scatter(-1, seen_ids, scores)
+
+
+def repeated_ngram_ids(ids: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already present in `ids` (n=0 bans nothing)."""
+    check_options(no_repeat_ngram_size=n)
+    if n == 0 or len(ids) < n:
+        return []
+    prefix = ids[len(ids) - n + 1:]
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i:i + n - 1] == prefix]
+
+
+def _adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repetition_penalty,
+                   penalize_context, no_repeat_ngram_size, min_new_tokens) -> torch.Tensor:
+    """Apply bans and penalties to this step's (N, V) logits; `generated` is (N, step)."""
+    logits = logits.to(torch.float32, copy=True)  # the model's logits may be an expanded view
+    seen = torch.cat([context.expand(len(logits), -1), generated], 1) if penalize_context else generated
+    if repetition_penalty != 1.0 and seen.size(1):
+        eos_logit = logits[:, eos_id].clone()
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        # The context is full of [SEP]; penalising it would only make replies run on.
+        logits[:, eos_id] = eos_logit
+    if no_repeat_ngram_size:
+        for row, ids in enumerate(generated.tolist()):
+            logits[row, repeated_ngram_ids(ids, no_repeat_ngram_size)] = -math.inf
+    logits[:, banned_ids] = -math.inf
+    if step < min_new_tokens:
+        logits[:, eos_id] = -math.inf
+    return logits
+
+
+@torch.inference_mode()
+def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Tensor, *, max_new_tokens: int,
+                    eos_id: int, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    repetition_penalty: float = 1.0, penalize_context: bool = False,
+                    no_repeat_ngram_size: int = 0, num_candidates: int = 1, banned_ids: Collection[int] = (),
+                    token_type_ids: Sequence[int] | torch.Tensor | None = None, reply_type_id: int | None = None,
+                    generator: torch.Generator | None = None) -> Iterator[list[int]]:
+    """Sample `num_candidates` continuations of one context in one batch, with a KV cache.
+
+    The context runs through the model once; after that each step feeds only the newest token
+    and reuses the cached keys and values, so a step costs one token's forward pass, not the
+    whole sequence's (GPT2-chitchat re-runs everything per token).
+
+    Args:
+        model: a causal LM (GPT-2) on the device the ids should live on.
+        input_ids: (T,) context ids.
+        max_new_tokens: steps at most; T + max_new_tokens must fit the model's n_positions.
+        eos_id: the id that ends a candidate ([SEP]).
+        min_new_tokens: eos_id is forbidden before this many tokens.
+        banned_ids: ids never sampled (specials, [unusedN]).
+        token_type_ids: (T,) segment ids of the context, for models trained with them.
+        reply_type_id: the segment id of the generated tokens; needed with token_type_ids.
+        generator: randomness for sampling; same seed, same tokens.
+        Other options: see `chatbot.options.SamplingOptions`.
+
+    Yields:
+        One list of `num_candidates` ids per step. A candidate that has produced eos_id keeps
+        yielding eos_id; generation stops once every candidate has.
+
+    Raises:
+        ValueError: for an option out of range or a context too long for the model.
+    """
+    check_options(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                  penalize_context=penalize_context, no_repeat_ngram_size=no_repeat_ngram_size,
+                  min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens, num_candidates=num_candidates)
+    n_positions = model.config.n_positions
+    if len(input_ids) + max_new_tokens > n_positions:
+        raise ValueError(f"context ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"model's n_positions ({n_positions}); shorten the context or max_new_tokens")
+    if (token_type_ids is None) != (reply_type_id is None):
+        raise ValueError("token_type_ids and reply_type_id must be given together")
+    device = model.device
+    context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
+    types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
+    cache = DynamicCache(config=model.config)
+    # Prefill once with batch 1, then copy the cache per candidate: cheaper than N prefills.
+    logits = model(input_ids=context, token_type_ids=types, past_key_values=cache, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]  # (1, V)
+    cache.batch_repeat_interleave(num_candidates)
+    logits = logits.expand(num_candidates, -1)  # (N, V)
+    reply_types = None if reply_type_id is None else torch.full((num_candidates, 1), reply_type_id, device=device)
+    banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=device)
+    generated = torch.empty(num_candidates, 0, dtype=torch.long, device=device)  # (N, step)
+    finished = torch.zeros(num_candidates, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        scores = _adjust_logits(logits, generated, context, step, eos_id=eos_id, banned_ids=banned,
+                                repetition_penalty=repetition_penalty, penalize_context=penalize_context,
+                                no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens)
+        next_ids = sample_next_token(scores, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     generator=generator)
+        next_ids = next_ids.masked_fill(finished, eos_id)  # (N,)
+        generated = torch.cat([generated, next_ids[:, None]], 1)
+        finished |= next_ids == eos_id
+        yield next_ids.tolist()
+        if finished.all() or step == max_new_tokens - 1:
+            return
+        logits = model(input_ids=next_ids[:, None], token_type_ids=reply_types, past_key_values=cache,
+                       use_cache=True).logits[:, -1]
