@@ -24,7 +24,12 @@ from chatbot.mmi import score_replies
 from chatbot.modeling import load_model
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
-from chatbot.tokenization import decode_ids, encode_texts, hidden_token_ids, vocab_fingerprint
+from chatbot.tokenization import (
+    decode_ids,
+    encode_texts,
+    hidden_token_ids,
+    vocab_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 

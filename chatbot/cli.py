@@ -248,3 +248,64 @@ def _chat(args: argparse.Namespace) -> None:
     finally:
         if session.transcript and not args.no_transcript:
             print(f"transcript saved to {session.save(session.default_path())}", file=sys.stderr)
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    from chatbot.corpus import FORMATS
+    from chatbot.data import LOSS_ON
+
+    p = argparse.ArgumentParser(
+        prog="chatbot-eval",
+        description="Perplexity and reply metrics (BLEU-1/2/4 on characters, Distinct-1/2, reply length, empty "
+                    "and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference "
+                    "for a reply generated from the turns before it.")
+    add = p.add_argument
+    add("--model", metavar="DIR", default="model/final", help="model folder (default: %(default)s)")
+    add("--data", metavar="PATH", default="data/valid.txt",
+        help="corpus file or chatbot-preprocess folder (default: %(default)s)")
+    add("--format", choices=FORMATS, default="auto", help="corpus format (default: auto)")
+    add("--split", metavar="NAME", help="LCCC split to read")
+    add("--skip-bad", action="store_true", help="skip unreadable corpus records instead of stopping")
+    add("--loss-on", choices=LOSS_ON, help="tokens scored for perplexity (default: what the model was trained on)")
+    add("--batch-size", metavar="N", type=positive_int, default=16, help="examples per forward pass (default: 16)")
+    add("--num-samples", metavar="N", type=positive_int, help="evaluate a seeded random subset of N examples")
+    add("--seed", metavar="N", type=int, default=42, help="subset and sampling seed (default: 42)")
+    add("--greedy", action="store_true", help="also generate greedily and report both")
+    add("--no-generate", action="store_true", help="perplexity only")
+    add("--temperature", metavar="T", type=_option_type("temperature", float), help="(default: 0.7, as CDial-GPT)")
+    add("--top-p", metavar="P", type=_option_type("top_p", float), help="(default: 0.9, as CDial-GPT)")
+    add("--top-k", metavar="K", type=_option_type("top_k", int), help="(default: 0 = off)")
+    add("--max-len", metavar="N", dest="max_new_tokens", type=_option_type("max_new_tokens", int),
+        help="longest reply in tokens (default: 25)")
+    add("--max-history", metavar="N", type=positive_int, default=3, help="turns the model sees (default: 3)")
+    add("--examples", metavar="N", type=int, default=3, help="side-by-side samples to print (default: 3)")
+    add("--output", metavar="FILE", help="write the full report (metrics and every sample) as JSON")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add("--quiet", action="store_true", help="no progress bars, table or samples")
+    return p
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """chatbot-eval: score a model on a corpus."""
+    args = eval_parser().parse_args(argv)
+
+    def body() -> None:
+        import json
+
+        from chatbot.evaluate import evaluate_model
+        from chatbot.reports import print_eval_report
+
+        _quiet_transformers()
+        sampling = {k: v for k in ("temperature", "top_p", "top_k", "max_new_tokens")
+                    if (v := getattr(args, k)) is not None}
+        report = evaluate_model(args.model, args.data, format=args.format, split=args.split,
+                                skip_bad=args.skip_bad, loss_on=args.loss_on, batch_size=args.batch_size,
+                                num_samples=args.num_samples, seed=args.seed, sampling=sampling,
+                                greedy=args.greedy, max_history=args.max_history, device=args.device,
+                                generate=not args.no_generate, progress=not args.quiet)
+        if args.output:
+            Path(args.output).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        if not args.quiet:
+            print_eval_report(report, args.examples)
+
+    return run_command(body)

@@ -1,10 +1,11 @@
-"""Perplexity over the tokens the training loss uses."""
+"""Evaluation: perplexity over the tokens the training loss uses, and reply-quality metrics."""
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -12,6 +13,8 @@ from tqdm import tqdm
 
 from chatbot.data import IGNORE_INDEX, LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
+from chatbot.metrics import reply_metrics
+from chatbot.tokenization import decode_ids
 
 
 @torch.no_grad()
@@ -50,3 +53,85 @@ def evaluate_loss(model, dataset, collate, *, batch_size: int, device: torch.dev
     except OverflowError:
         ppl = float("inf")
     return {"loss": mean, "ppl": ppl, "tokens": int(count)}
+
+
+# CDial-GPT's evaluation setting: nucleus sampling at top-p 0.9, temperature 0.7, no top-k.
+CDIAL_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 0}
+GREEDY = {"temperature": 0.0}
+
+
+def example_turns(dataset, tokenizer, index: int) -> list[str]:
+    """The turns of an encoded example as text: `[CLS] a [SEP] b [SEP]` -> ["a", "b"]."""
+    ids = dataset[index][1:].tolist()
+    turns, current = [], []
+    for token_id in ids:
+        if token_id == tokenizer.sep_token_id:
+            turns.append(decode_ids(tokenizer, current))
+            current = []
+        else:
+            current.append(token_id)
+    return turns
+
+
+def sample_indices(n_total: int, n: int | None, seed: int) -> list[int]:
+    """A seeded subset of `n` indices in increasing order (all of them when `n` is None or larger)."""
+    if n is None or n >= n_total:
+        return list(range(n_total))
+    return sorted(np.random.default_rng(seed).choice(n_total, size=n, replace=False).tolist())
+
+
+def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, seed: int,
+                        progress: bool = False) -> tuple[dict, list[dict]]:
+    """Reply to the second-last turn of each example (earlier turns as history); the last turn is
+    the reference. Returns (metrics, samples); reply i is sampled with seed + i."""
+    samples = []
+    for i, index in enumerate(tqdm(indices, desc="generating", disable=not progress, leave=False)):
+        turns = example_turns(dataset, bot.tokenizer, index)
+        if len(turns) < 2:
+            continue
+        reply = bot.reply(turns[-2], history=turns[:-2], seed=seed + i, **sampling)
+        samples.append({"history": turns[:-1], "reference": turns[-1], "generated": reply})
+    if not samples:
+        raise ValueError("no example has two turns to evaluate a reply on (is this --format text?)")
+    return reply_metrics([s["generated"] for s in samples], [s["reference"] for s in samples]), samples
+
+
+def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,
+                   skip_bad: bool = False, loss_on: str | None = None, batch_size: int = 16,
+                   num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
+                   greedy: bool = False, max_history: int = 3, device: str = "auto",
+                   generate: bool = True, progress: bool = True) -> dict:
+    """Perplexity and reply metrics of a model folder on a corpus; the JSON report as a dict.
+
+    Raises:
+        FileNotFoundError: for a missing or incomplete model folder or corpus.
+        ValueError: for data without usable dialogues.
+    """
+    from chatbot.bot import ChatBot, resolve_device
+    from chatbot.data import Subset, load_dataset, make_collate
+    from chatbot.modeling import load_model
+
+    device = resolve_device(device)
+    model, tokenizer, args = load_model(model_dir, device)
+    max_len = min(model.config.n_positions, args.get("max_len") or model.config.n_positions)
+    dataset = load_dataset(data, tokenizer, max_len=max_len, format=format, split=split, skip_bad=skip_bad,
+                           progress=progress)
+    indices = sample_indices(len(dataset), num_samples, seed)
+    loss_on = loss_on or args.get("loss_on", "all")
+    collate = make_collate(tokenizer, loss_on=loss_on, speaker_ids=bool(args.get("speaker_ids")),
+                           reverse=bool(args.get("reverse")))
+    ppl = evaluate_loss(model, Subset(dataset, indices), collate, batch_size=batch_size, device=device,
+                        progress=progress)
+    report = {"model": str(model_dir), "data": str(data), "examples": len(indices), "loss_on": loss_on,
+              "perplexity": ppl, "generation": {}, "samples": {}}
+    if not generate:
+        return report
+    bot = ChatBot(model, tokenizer, training_args=args, max_history=max_history)
+    runs = {"sampled": {**CDIAL_SAMPLING, **(sampling or {})}}
+    if greedy:
+        runs["greedy"] = {**(sampling or {}), **GREEDY}
+    for name, options in runs.items():
+        metrics, samples = evaluate_generation(bot, dataset, indices, sampling=options, seed=seed, progress=progress)
+        report["generation"][name] = {"options": options, **metrics}
+        report["samples"][name] = samples
+    return report

@@ -32,3 +32,25 @@ def print_preprocess_summary(meta: dict, output) -> None:
         ("output", str(output)),
     ]
     print_table("chatbot-preprocess", rows)
+
+
+def print_eval_report(report: dict, examples: int = 0) -> None:
+    ppl = report["perplexity"]
+    rows = [("model", report["model"]), ("data", report["data"]), ("examples", report["examples"])]
+    if ppl is not None:
+        rows += [(f"perplexity (loss on {report['loss_on']})", f"{ppl['ppl']:.2f}"), ("scored tokens", ppl["tokens"])]
+    for name, m in report["generation"].items():
+        options = ", ".join(f"{k}={v}" for k, v in m["options"].items())
+        rows += [(f"[{name}] {options}", ""),
+                 ("  BLEU-1 / 2 / 4", f"{m['bleu-1']:.2f} / {m['bleu-2']:.2f} / {m['bleu-4']:.2f}"),
+                 ("  Distinct-1 / 2", f"{m['distinct-1']:.3f} / {m['distinct-2']:.3f}"),
+                 ("  average reply length", f"{m['avg_reply_chars']:.1f} characters"),
+                 ("  empty / repeated replies", f"{m['empty_share']:.1%} / {m['repeated_share']:.1%}")]
+    print_table("chatbot-eval", rows)
+    if report["generation"]:
+        console.print(f"BLEU: sacrebleu {next(iter(report['generation'].values()))['bleu_signature']}", highlight=False)
+    for name, samples in report["samples"].items():
+        for s in samples[:examples]:
+            history = " / ".join(s["history"])
+            console.print(f"[dim]{name}[/dim]  history: {history}\n    reference: {s['reference']}\n"
+                          f"    generated: {s['generated']}", highlight=False)

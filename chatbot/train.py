@@ -180,6 +180,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     if trainable == 0:
         raise ValueError(f"--freeze {cfg.freeze} leaves nothing to train")
     train_set, valid_set = load_data(cfg, tokenizer, max_len, info, device)
+    if cfg.eval_generate and valid_set is None:
+        raise ValueError("--eval-generate needs validation data: give --valid FILE or --valid-ratio F")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(device).train()
@@ -346,6 +348,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     best_ppl = math.exp(state["best_loss"]) if state["best_loss"] is not None else None
     if info.is_main:
         publish_model(output_dir / "final", raw_model, tokenizer, training_args)
+        if cfg.eval_generate:
+            _evaluate_replies(raw_model, tokenizer, training_args, valid_set, cfg, state["step"], output_dir)
         if not cfg.quiet:
             print_table("training finished", [
                 ("steps", state["step"]), ("epochs completed", state["epoch"]),
@@ -356,6 +360,26 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                 ("chat with it", f"chatbot-chat --model {output_dir / 'final'}"),
             ])
     return TrainResult(state["step"], 0, best_ppl, output_dir, raw_model)
+
+
+def _evaluate_replies(model, tokenizer, training_args: dict, valid_set, cfg: TrainConfig, step: int,
+                      output_dir: Path) -> None:
+    """--eval-generate: reply metrics of the final model on N validation dialogues, logged and shown."""
+    from chatbot.bot import ChatBot
+    from chatbot.evaluate import CDIAL_SAMPLING, evaluate_generation, sample_indices
+    from chatbot.reports import print_eval_report
+
+    model.eval()
+    bot = ChatBot(model, tokenizer, training_args=training_args)
+    indices = sample_indices(len(valid_set), cfg.eval_generate, cfg.seed)
+    metrics, samples = evaluate_generation(bot, valid_set, indices, sampling=CDIAL_SAMPLING, seed=cfg.seed)
+    with open(output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "eval_generate": metrics}, ensure_ascii=False) + "\n")
+    if not cfg.quiet:
+        print_eval_report({"model": str(output_dir / "final"), "data": "validation set", "examples": len(indices),
+                           "loss_on": cfg.loss_on, "perplexity": None,
+                           "generation": {"sampled": {"options": CDIAL_SAMPLING, **metrics}},
+                           "samples": {"sampled": samples}}, examples=3)
 
 
 def _seed_everything(seed: int) -> None:
