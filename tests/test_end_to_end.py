@@ -48,6 +48,10 @@ def test_preprocess_train_eval_chat_and_bot(tmp_path, vocab_file, env):
     code = f"from chatbot import ChatBot; print(ChatBot.from_pretrained({str(model)!r}, device='cpu').reply('你好', seed=1))"
     bot = run([sys.executable, "-c", code], env)
     assert bot.stdout.strip() and "[" not in bot.stdout
+    served = run([sys.executable, str(ROOT / "examples" / "bot.py"), "--model", str(model), "--seed", "1"], env,
+                 input="alice: 你好\nbob: 在吗\nnot a message\nalice: 今天天气\n")
+    assert [line.split(":")[0] for line in served.stdout.splitlines()] == ["alice", "bob", "alice"]
+    assert "expected 'user: message'" in served.stderr
 
 
 def test_train_defaults_use_the_bundled_sample(tmp_path, env):
