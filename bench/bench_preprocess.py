@@ -171,10 +171,10 @@ def tables(results: list[dict], workers: int) -> str:
     peak_col = "peak RSS MB" if workers == 1 else "peak RSS MB (main + largest worker)"
     lines = [
         f"| dialogues | corpus MB | wall s | dialogues/s (whole command) | dialogues/s (read+encode+write loop) "
-        f"| CPU s | {peak_col} | bare encode_batch d/s | bare encode_batch_fast d/s "
+        f"| CPU s | {peak_col} | bare encode_batch d/s | bare encode_batch_fast d/s | bare CPU s (batch / fast) "
         f"| ours/bare (whole / loop) | ours/bare_fast (loop) | µs/dialogue (whole / loop) "
         f"| vs GPT2-chitchat speed | vs GPT2-chitchat RSS |",
-        "|" + "---:|" * 14,
+        "|" + "---:|" * 15,
     ]
     for r in results:
         n, runs = r["dialogues"], r["runs"]
@@ -182,13 +182,15 @@ def tables(results: list[dict], workers: int) -> str:
         cpu = best(runs, lambda x: x["cpu"])
         bare = n / best(runs, lambda x: x["bare"]["encode_batch"])
         fast = n / best(runs, lambda x: x["bare"]["encode_batch_fast"])
+        bare_cpu = best(runs, lambda x: x["bare"]["encode_batch_cpu"])
+        fast_cpu = best(runs, lambda x: x["bare"]["encode_batch_fast_cpu"])
         peak = max(x["maxrss_kb"] + (x["children_maxrss_kb"] if workers > 1 else 0) for x in runs)
         rate, loop_rate = n / wall, n / loop
         ref = REFERENCE.get(n)
         speed = f"{rate / ref[0]:.1f}×" if ref else "—"
         rss = f"{peak / 1024 / ref[1]:.2f}×" if ref else "—"
         lines.append(f"| {n:,} | {r['corpus_bytes'] / 1e6:,.1f} | {wall:.1f} | {rate:,.0f} | {loop_rate:,.0f} "
-                     f"| {cpu:.1f} | {mb(peak)} | {bare:,.0f} | {fast:,.0f} | {rate / bare:.0%} / {loop_rate / bare:.0%} "
+                     f"| {cpu:.1f} | {mb(peak)} | {bare:,.0f} | {fast:,.0f} | {bare_cpu:.1f} / {fast_cpu:.1f} | {rate / bare:.0%} / {loop_rate / bare:.0%} "
                      f"| {loop_rate / fast:.0%} | {1e6 * wall / n:.0f} / {1e6 * loop / n:.0f} | {speed} | {rss} |")
     lines += [
         "",
@@ -226,7 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check-shared", action="store_true",
                         help="skip the byte-for-byte comparison with ../shared/bench/synth_corpus.py")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this JSON file")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="measure nothing: print the tables of a run saved with --json")
     args = parser.parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        print(saved["machine"] + "\n\n" + tables(saved["results"], saved.get("workers", 1)))
+        return 0
     if min(args.sizes) < 1 or args.workers < 1 or args.repeat < 1 or args.max_len < 4:
         parser.error("--sizes, --workers and --repeat must be >= 1 and --max-len >= 4")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             print(r["check"])
     print("\n" + tables(results, args.workers))
     if args.json:
-        args.json.write_text(json.dumps({"machine": header, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"machine": header, "workers": args.workers, "results": results}, indent=2))
     return 0
 
 
