@@ -67,27 +67,39 @@ def window_turns(lengths: list[int], max_len: int) -> list[tuple[int, int]]:
 
 
 class Encoder:
-    """Turns batches of dialogues into flat id arrays; picklable for worker processes."""
+    """Turns batches of dialogues into flat id arrays; picklable for worker processes.
+
+    A dialogue goes to the tokenizer as one string, its turns joined by the [SEP] token's text.
+    The tokenizer cuts special tokens out before normalizing, so this gives exactly the ids of
+    the turns encoded one by one with [SEP] between, from one Encoding per dialogue instead of
+    one per turn (the per-turn Python objects cost as much as the tokenizing itself). Text that
+    spells "[SEP]" inside a turn becomes a turn boundary, as it would be in the training ids.
+    """
 
     def __init__(self, tokenizer: BertTokenizerFast, max_len: int, text_mode: bool = False):
         if max_len < 4:
             raise ValueError(f"max_len must be >= 4 to hold [CLS] a [SEP] b [SEP], got {max_len}")
         self.tokenizer, self.max_len, self.text_mode = tokenizer, max_len, text_mode
         self.cls, self.sep, self.unk = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.unk_token_id
+        self.sep_text = tokenizer.sep_token
+        if encode_texts(tokenizer, [f"a{self.sep_text}a"])[0].count(self.sep) != 1:
+            raise ValueError(f"the tokenizer does not treat {self.sep_text!r} as one special token")
 
     def __call__(self, dialogues: list[list[str]]) -> tuple[list[int], list[int], EncodeStats]:
         """Returns (flat ids, example lengths, stats) for one batch of dialogues."""
-        flat_texts = [t for d in dialogues for t in d]
-        encoded = iter(encode_texts(self.tokenizer, flat_texts))
         ids, lengths, stats = [], [], EncodeStats()
         if self.text_mode:  # a passage is cut into max_len windows of running text
             body = self.max_len - 2
-            for passage in encoded:
+            for passage in encode_texts(self.tokenizer, [t for d in dialogues for t in d]):
                 for i in range(0, len(passage), body):
                     self._emit([self.cls, *passage[i:i + body], self.sep], ids, lengths, stats)
             return ids, lengths, stats
-        for dialogue in dialogues:
-            turns = [t for t in islice(encoded, len(dialogue)) if t]  # a turn of only control chars encodes empty
+        for joined in encode_texts(self.tokenizer, [self.sep_text.join(d) for d in dialogues]):
+            turns = split_at(joined, self.sep)
+            if len(joined) + 2 <= self.max_len and len(turns) >= 2 and all(turns):
+                self._emit([self.cls, *joined, self.sep], ids, lengths, stats)  # the common case: fits whole
+                continue
+            turns = [t for t in turns if t]  # a turn of only control chars encodes empty
             if len(turns) < 2:
                 stats.skipped["empty after tokenization"] += 1
                 continue
@@ -111,6 +123,19 @@ class Encoder:
         stats.examples += 1
         stats.tokens += len(example)
         stats.unk += example.count(self.unk)
+
+
+def split_at(ids: list[int], sep: int) -> list[list[int]]:
+    """`ids` cut at every `sep` (dropped): [a, S, b, c] -> [[a], [b, c]]."""
+    parts, start = [], 0
+    while True:
+        try:
+            end = ids.index(sep, start)
+        except ValueError:
+            parts.append(ids[start:])
+            return parts
+        parts.append(ids[start:end])
+        start = end + 1
 
 
 def _chunks(items: Iterable[list[str]], size: int) -> Iterator[list[list[str]]]:

@@ -6,7 +6,8 @@ import pytest
 
 from chatbot.cli import preprocess_main
 from chatbot.data import TokenDataset, load_dataset
-from chatbot.preprocess import preprocess, window_turns
+from chatbot.preprocess import preprocess, split_at, window_turns
+from chatbot.tokenization import encode_texts
 
 CLS, SEP = 2, 3
 
@@ -61,6 +62,25 @@ def test_text_format_cuts_running_text_into_windows(tmp_path, tokenizer):
     ds = TokenDataset(tmp_path / "enc")
     assert [tokenizer.convert_ids_to_tokens(ds[i].tolist()) for i in range(len(ds))] == [
         ["[CLS]", "你", "好", "吗", "我", "[SEP]"], ["[CLS]", "很", "好", "[SEP]"], ["[CLS]", "谢", "谢", "[SEP]"]]
+
+
+def test_split_at():
+    assert split_at([7, SEP, 8, 9, SEP], SEP) == [[7], [8, 9], []]
+    assert split_at([SEP, SEP], SEP) == [[], [], []] and split_at([], SEP) == [[]]
+
+
+def test_dialogue_ids_equal_its_turns_encoded_one_by_one(tmp_path, tokenizer):
+    # A dialogue is tokenized as one [SEP]-joined string; its ids must be exactly those of the
+    # turns encoded separately: word pieces, [UNK]s, and a turn that encodes to nothing dropped.
+    turns = ["ok ko", "\x01\x02", "你好！", "很好 ok", "🙂 猫"]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(turns) + "\n", encoding="utf-8")
+    preprocess([corpus], tmp_path / "enc", tokenizer, max_len=64, progress=False)
+    expected = [CLS]
+    for ids in encode_texts(tokenizer, turns):
+        expected += [*ids, SEP] if ids else []
+    assert TokenDataset(tmp_path / "enc")[0].tolist() == expected
+    assert expected.count(SEP) == 4 and tokenizer.unk_token_id in expected
 
 
 def test_workers_give_identical_output(tmp_path, tokenizer):
