@@ -42,7 +42,7 @@ class CorpusStats:
 
 
 def detect_format(path: str | Path) -> str:
-    """Guess a corpus format from the extension, then from the first line.
+    """Guess a corpus format from the extension (.txt, .json, .jsonl), then from the first line.
 
     `text` is never guessed: plain running text looks like a txt corpus, so ask for it.
     """
@@ -52,6 +52,8 @@ def detect_format(path: str | Path) -> str:
         return "jsonl"
     if suffix == ".json":
         return "lccc"
+    if suffix == ".txt":  # GPT2-chitchat's corpora; a first line like "[微笑]你好" is still chat text
+        return "txt"
     with open(path, "rb") as f:
         first = f.readline().decode("utf-8-sig", errors="replace").strip()
     if not first.startswith(("[", "{")):
@@ -59,7 +61,8 @@ def detect_format(path: str | Path) -> str:
     try:
         record = json.loads(first)
     except json.JSONDecodeError:
-        return "lccc"  # a pretty-printed JSON document
+        # The opening line of a pretty-printed JSON document, or chat text such as "[微笑]你好".
+        return "lccc" if first in ("[", "{") or first.startswith(('{"', "[[", '["', "[{")) else "txt"
     one_dialogue = (isinstance(record, list) and all(isinstance(t, str) for t in record)) or (
         isinstance(record, dict) and any(k in record for k in _JSONL_KEYS))
     return "jsonl" if one_dialogue else "lccc"

@@ -94,6 +94,10 @@ def test_text_format_yields_passages(tmp_path):
     ("a.data", '{"dialog": ["a"]}\n', "jsonl"),
     ("a.data", '[["你好", "在"]]\n', "lccc"),
     ("a.data", '{\n  "train": []\n}', "lccc"),
+    ("a.data", '{"train": [\n["a", "b"]]}', "lccc"),
+    ("a.txt", '["你好", "在"]\n', "txt"),
+    ("a.data", "[微笑]你好\n在的\n", "txt"),
+    ("a.data", "{好吧}\n嗯\n", "txt"),
 ])
 def test_detect_format(tmp_path, name, content, expected):
     assert detect_format(write(tmp_path, name, content)) == expected
