@@ -324,7 +324,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                     save(state["step"])
                     exit_code = EXIT_SIGNAL.get(stop.signum, 130)
                     stop_reason = "interrupted"
-                if state["step"] >= total_steps and stop_reason is None:
+                if cfg.max_steps and state["step"] >= total_steps and stop_reason is None:
                     stop_reason = f"reached {total_steps} steps"
                 if stop_reason:
                     break
