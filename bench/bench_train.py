@@ -7,6 +7,7 @@ of 5–30 GB2312 characters), batch 8, max_len 150 (GPT2-chitchat's default), fo
 with [unusedN] lines to GPT2-chitchat's 13 317 entries, so both models have its parameter count.
 
   ours      chatbot.train.train(): length-grouped batches, SDPA attention, fp32 on CPU
+            (--precision bf16: bf16 autocast, as `chatbot-train --precision bf16`)
   baseline  GPT2-chitchat's train.py loop: shuffled batches padded to the longest, eager
             attention, fp32; the same model, optimizer, examples and number of steps
 
@@ -44,13 +45,14 @@ import json, resource, sys, time
 import torch
 from chatbot.cli import _quiet_transformers
 _quiet_transformers()
-side, corpus, vocab, config, out, batch, steps, warmup, max_len = sys.argv[1:10]
+side, corpus, vocab, config, out, batch, steps, warmup, max_len, precision = sys.argv[1:11]
 batch, steps, warmup, max_len = int(batch), int(steps), int(warmup), int(max_len)
 if side == "ours":
     from chatbot.config import TrainConfig
     from chatbot.train import train
     train(TrainConfig(train=corpus, vocab=vocab, config=config, output_dir=out, batch_size=batch,
-                      max_steps=steps, log_steps=1, quiet=True, max_len=max_len, save_total_limit=1))
+                      max_steps=steps, log_steps=1, quiet=True, max_len=max_len, save_total_limit=1,
+                      precision=precision))
     rows = [json.loads(l) for l in open(out + "/metrics.jsonl") if '"loss"' in l][warmup:]
     tokens = sum(r["tokens"] for r in rows)
     seconds = sum(r["tokens"] / r["tokens_per_s"] for r in rows)
@@ -88,7 +90,7 @@ print(json.dumps({"tokens_per_s": tokens / seconds, "peak_rss_mb": ru.ru_maxrss 
 def run_side(side: str, corpus: Path, vocab: Path, config: Path, out: Path, args) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), CHATBOT_CACHE=str(args.workdir / "cache"), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-c", CHILD, side, str(corpus), str(vocab), str(config), str(out),
-           str(args.batch_size), str(args.steps), str(args.warmup), str(args.max_len)]
+           str(args.batch_size), str(args.steps), str(args.warmup), str(args.max_len), args.precision]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
@@ -112,12 +114,16 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=150, help="tokens per example (GPT2-chitchat: 150)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per side, warmup included")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="ours only (the baseline is always fp32, as GPT2-chitchat): bf16 is CPU autocast, "
+                             "fast on CPUs with AVX512-BF16 or AMX")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/chatbot-bench-train"), help="scratch folder")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     corpus = args.workdir / f"synth-{args.dialogues}-seed{args.seed}.txt"
     write_corpus(corpus, args.dialogues, args.seed)
     vocab = padded_vocab(args.workdir)
+    print(f"ours: --precision {args.precision}; baseline: fp32")
     print(f"| config | params | ours tok/s | baseline tok/s | ours / baseline | ours / GPT2-chitchat ref "
           f"| ours peak RSS | baseline peak RSS |\n|---|---|---|---|---|---|---|---|")
     for name in args.configs:
