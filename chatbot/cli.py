@@ -7,7 +7,9 @@ never a traceback; argparse uses the same code for bad flags.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,9 +106,6 @@ def _build_vocab(corpora, output, min_freq, format, split) -> str:
 
 def _config_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
     """One flag per dataclass field (`batch_size` -> `--batch-size`), with the field's help and default."""
-    import dataclasses
-    import typing
-
     parser = argparse.ArgumentParser(prog=prog, description=description)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
