@@ -15,7 +15,7 @@ _HIDDEN_PREFIXES = ("[unused",)
 def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     """Load a BERT WordPiece tokenizer from a `vocab.txt` file or a folder holding tokenizer files.
 
-    transformers 5 silently ignores `BertTokenizerFast(vocab_file=...)` and builds a 5-token
+    transformers 5 silently ignores a `vocab_file=` argument to BertTokenizerFast and builds a 5-token
     vocabulary, so a file is passed as `vocab=` and a folder goes through `from_pretrained`.
 
     Raises:
