@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chatbot.fileio import atomic_dir
 from chatbot.modeling import check_model_dir, save_model
 
 STATE_FILE = "trainer_state.pt"
@@ -40,18 +41,14 @@ def save_checkpoint(output_dir: Path, step: int, model, tokenizer, training_args
                     keep: int = 0) -> Path:
     """Write `output_dir/checkpoint-<step>` under a temporary name, then rename it into place.
 
-    A crash at any moment leaves either the previous checkpoints or a complete new one (plus a
-    `.tmp` folder that the next save removes), never a half-written `checkpoint-*`.
+    A crash at any moment leaves either the previous checkpoints or a complete new one, never a
+    half-written `checkpoint-*` (see `atomic_dir`).
     `keep` > 0 prunes all but the newest `keep` checkpoints afterwards.
     """
     final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, model, tokenizer, training_args)
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_dir(final) as tmp:
+        save_model(tmp, model, tokenizer, training_args)
+        torch.save(state, tmp / STATE_FILE)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -93,12 +90,6 @@ def load_state(path: Path) -> dict:
 
 
 def publish_model(path: Path, model, tokenizer, training_args: dict) -> None:
-    """Write a loadable model folder under a temporary name and swap it in."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, model, tokenizer, training_args)
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    """Write a loadable model folder (best/, final/) under a temporary name and swap it in."""
+    with atomic_dir(path) as tmp:
+        save_model(tmp, model, tokenizer, training_args)

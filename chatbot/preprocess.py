@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from transformers import BertTokenizerFast
 
 from chatbot.corpus import CorpusStats, detect_format, read_dialogues
+from chatbot.fileio import atomic_dir
 from chatbot.tokenization import encode_texts, vocab_fingerprint
 
 FORMAT_VERSION = 1
@@ -161,19 +161,9 @@ def preprocess(corpora: list[str | Path], output: str | Path, tokenizer: BertTok
         FileNotFoundError / CorpusError: from the readers.
         ValueError: if no usable dialogue remains.
     """
-    output = Path(output)
-    tmp = output.with_name(output.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        meta = _encode_into(tmp, corpora, tokenizer, max_len=max_len, format=format, split=split,
+    with atomic_dir(output) as tmp:
+        return _encode_into(tmp, corpora, tokenizer, max_len=max_len, format=format, split=split,
                             skip_bad=skip_bad, workers=workers, progress=progress)
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return meta
 
 
 def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, skip_bad, workers, progress) -> dict:
