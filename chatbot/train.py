@@ -30,6 +30,7 @@ from chatbot.checkpoint import (
 )
 from chatbot.config import TrainConfig
 from chatbot.data import (
+    IGNORE_INDEX,
     LengthGroupedBatchSampler,
     load_dataset,
     make_collate,
@@ -274,7 +275,9 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step",
                disable=not info.is_main or cfg.quiet, dynamic_ncols=True)
     window_loss = torch.zeros((), device=device)
-    window_tokens, window_labels, window_start = 0, 0, time.perf_counter()
+    window_labels = torch.zeros((), dtype=torch.long, device=device)
+    window_tokens = torch.zeros((), dtype=torch.long, device=device)
+    window_start = time.perf_counter()
     stop_reason, exit_code = None, 0
     started = time.perf_counter()
     with StopRequest() as stop:
@@ -285,16 +288,17 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 micro += 1
                 sync = micro % cfg.grad_accum == 0 or micro == micro_per_epoch
-                n_labels = (batch["labels"][:, 1:] != -100).sum()
+                n_labels = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
                 no_sync = model.no_sync() if info.enabled and not sync else nullcontext()
                 amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
                 with no_sync, amp:
                     loss = model(**batch).loss
                 # Accumulated micro-batches each weigh 1/grad_accum of the step.
                 scaler.scale(loss / cfg.grad_accum).backward()
+                # Counters stay on the device: reading them every micro-step would stall a GPU.
                 window_loss += loss.detach() * n_labels
-                window_labels += int(n_labels)
-                window_tokens += int(batch["attention_mask"].sum())
+                window_labels += n_labels
+                window_tokens += batch["attention_mask"].sum()
                 if not sync:
                     continue
                 if cfg.max_grad_norm:
@@ -308,14 +312,16 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                 state["micro_in_epoch"] = micro
                 bar.update(1)
                 if state["step"] % cfg.log_steps == 0 or state["step"] == total_steps:
-                    loss_sum, labels, tokens = all_reduce_sum([window_loss.item(), window_labels, window_tokens], device)
+                    loss_sum, labels, tokens = all_reduce_sum(
+                        [window_loss.item(), window_labels.item(), window_tokens.item()], device)
                     elapsed = time.perf_counter() - window_start
                     row = {"step": state["step"], "epoch": state["epoch"], "loss": loss_sum / max(labels, 1),
                            "lr": scheduler.get_last_lr()[0], "tokens": int(tokens), "tokens_per_s": tokens / elapsed}
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,.0f}")
-                    window_loss.zero_()
-                    window_tokens, window_labels, window_start = 0, 0, time.perf_counter()
+                    for counter in (window_loss, window_labels, window_tokens):
+                        counter.zero_()
+                    window_start = time.perf_counter()
                 if valid_set is not None and cfg.eval_steps and state["step"] % cfg.eval_steps == 0 and validate():
                     stop_reason = f"no improvement in {cfg.patience} validations"
                 if cfg.save_steps and state["step"] % cfg.save_steps == 0:
