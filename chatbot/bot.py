@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from transformers import BertTokenizerFast, GPT2LMHeadModel
 
+from chatbot.distributed import resolve_device
 from chatbot.history import fit_turns, join_turns, speaker_type_ids
 from chatbot.mmi import score_replies
-from chatbot.modeling import load_model
+from chatbot.modeling import context_limit, load_model
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
 from chatbot.tokenization import (
@@ -32,23 +33,6 @@ from chatbot.tokenization import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`"auto"` is CUDA when available, else CPU.
-
-    Raises:
-        ValueError: for an unknown device name or CUDA asked for where there is none.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
-    return resolved
 
 
 def _inference_dtype(device: torch.device) -> torch.dtype | None:
@@ -63,8 +47,7 @@ class _Model:
 
     def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, training_args: dict):
         self.model = model
-        # A training max_len below n_positions leaves later position embeddings untrained.
-        self.max_len = min(model.config.n_positions, training_args.get("max_len") or model.config.n_positions)
+        self.max_len = context_limit(model, training_args)
         self.speaker_ids = None
         if training_args.get("speaker_ids"):
             ids = tokenizer.convert_tokens_to_ids(["[speaker1]", "[speaker2]"])

@@ -25,19 +25,24 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` is the GPU of this rank when CUDA is available, else the CPU.
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when available, else the CPU; a bare `cuda` is this rank's GPU.
 
     Raises:
-        ValueError: if CUDA is asked for but not available.
+        ValueError: for an unknown device name, or CUDA asked for where there is none.
     """
+    name = str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was given but CUDA is not available here; use --device cpu")
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    return torch.device(name)
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", local_rank)
+    return resolved
 
 
 def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from chatbot.data import IGNORE_INDEX, LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
 from chatbot.metrics import reply_metrics
+from chatbot.preprocess import split_at
 from chatbot.tokenization import decode_ids
 
 
@@ -62,15 +63,9 @@ GREEDY = {"temperature": 0.0}
 
 def example_turns(dataset, tokenizer, index: int) -> list[str]:
     """The turns of an encoded example as text: `[CLS] a [SEP] b [SEP]` -> ["a", "b"]."""
-    ids = dataset[index][1:].tolist()
-    turns, current = [], []
-    for token_id in ids:
-        if token_id == tokenizer.sep_token_id:
-            turns.append(decode_ids(tokenizer, current))
-            current = []
-        else:
-            current.append(token_id)
-    return turns
+    # Every turn ends with [SEP], so the last part split_at returns is the empty tail.
+    parts = split_at(dataset[index][1:].tolist(), tokenizer.sep_token_id)[:-1]
+    return [decode_ids(tokenizer, part) for part in parts]
 
 
 def sample_indices(n_total: int, n: int | None, seed: int) -> list[int]:
@@ -107,14 +102,14 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
         FileNotFoundError: for a missing or incomplete model folder or corpus.
         ValueError: for data without usable dialogues.
     """
-    from chatbot.bot import ChatBot, resolve_device
+    from chatbot.bot import ChatBot
     from chatbot.data import Subset, load_dataset, make_collate
-    from chatbot.modeling import load_model
+    from chatbot.distributed import resolve_device
+    from chatbot.modeling import context_limit, load_model
 
     device = resolve_device(device)
     model, tokenizer, args = load_model(model_dir, device)
-    max_len = min(model.config.n_positions, args.get("max_len") or model.config.n_positions)
-    dataset = load_dataset(data, tokenizer, max_len=max_len, format=format, split=split, skip_bad=skip_bad,
+    dataset = load_dataset(data, tokenizer, max_len=context_limit(model, args), format=format, split=split, skip_bad=skip_bad,
                            progress=progress)
     indices = sample_indices(len(dataset), num_samples, seed)
     loss_on = loss_on or args.get("loss_on", "all")

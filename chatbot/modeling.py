@@ -105,6 +105,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval(), tokenizer, training_args
 
 
+def context_limit(model: GPT2LMHeadModel, training_args: dict) -> int:
+    """Tokens the model can be given: n_positions, or less if it was trained on shorter examples
+    (position embeddings past the training max_len were never trained)."""
+    n_positions = model.config.n_positions
+    return min(n_positions, training_args.get("max_len") or n_positions)
+
+
 def check_vocab_fits(model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, where: str) -> None:
     """Raise if the tokenizer can produce ids outside the model's embedding table.
 
