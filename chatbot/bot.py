@@ -20,12 +20,13 @@ import torch
 from transformers import BertTokenizerFast, GPT2LMHeadModel
 
 from chatbot.distributed import resolve_device
-from chatbot.history import fit_turns, join_turns, speaker_type_ids
+from chatbot.history import MAX_HISTORY, fit_turns, join_turns, speaker_type_ids
 from chatbot.mmi import score_replies
 from chatbot.modeling import context_limit, load_model
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
 from chatbot.tokenization import (
+    banned_token_ids,
     decode_ids,
     encode_texts,
     hidden_token_ids,
@@ -65,7 +66,7 @@ class ChatBot:
     """
 
     def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
-                 backward: tuple[GPT2LMHeadModel, dict] | None = None, max_history: int = 3,
+                 backward: tuple[GPT2LMHeadModel, dict] | None = None, max_history: int = MAX_HISTORY,
                  options: SamplingOptions = SamplingOptions()):
         """Wrap loaded models; most callers want `from_pretrained`.
 
@@ -81,7 +82,7 @@ class ChatBot:
         self._forward = _Model(model, tokenizer, training_args or {})
         self._backward = _Model(backward[0], tokenizer, backward[1]) if backward else None
         self._hidden = hidden_token_ids(tokenizer)
-        self._banned = self._hidden - {tokenizer.sep_token_id}
+        self._banned = banned_token_ids(tokenizer)
         self.options = self.resolve_options(options)
         self._default = Conversation(self)
         self._conversations: dict[str, Conversation] = {}
@@ -89,7 +90,7 @@ class ChatBot:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", *,
-                        mmi_model: str | Path | None = None, max_history: int = 3, **sampling) -> ChatBot:
+                        mmi_model: str | Path | None = None, max_history: int = MAX_HISTORY, **sampling) -> ChatBot:
         """Load a model folder written by `chatbot-train`.
 
         Args:

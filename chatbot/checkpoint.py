@@ -38,16 +38,16 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(output_dir: Path, step: int, model, tokenizer, training_args: dict, state: dict,
-                    keep: int = 0) -> Path:
+                    keep: int = 0, results: dict | None = None) -> Path:
     """Write `output_dir/checkpoint-<step>` under a temporary name, then rename it into place.
 
     A crash at any moment leaves either the previous checkpoints or a complete new one, never a
     half-written `checkpoint-*` (see `atomic_dir`).
-    `keep` > 0 prunes all but the newest `keep` checkpoints afterwards.
+    `keep` > 0 prunes all but the newest `keep` checkpoints afterwards; `results` go to the model card.
     """
     final = output_dir / f"checkpoint-{step}"
     with atomic_dir(final) as tmp:
-        save_model(tmp, model, tokenizer, training_args)
+        save_model(tmp, model, tokenizer, training_args, results)
         torch.save(state, tmp / STATE_FILE)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
@@ -89,7 +89,7 @@ def load_state(path: Path) -> dict:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def publish_model(path: Path, model, tokenizer, training_args: dict) -> None:
+def publish_model(path: Path, model, tokenizer, training_args: dict, results: dict | None = None) -> None:
     """Write a loadable model folder (best/, final/) under a temporary name and swap it in."""
     with atomic_dir(path) as tmp:
-        save_model(tmp, model, tokenizer, training_args)
+        save_model(tmp, model, tokenizer, training_args, results)

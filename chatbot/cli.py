@@ -13,7 +13,9 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
+from chatbot.history import MAX_HISTORY
 from chatbot.options import SamplingOptions, check_options
+from chatbot.resources import SAMPLE_VALID, VOCAB
 
 EXIT_USAGE = 2
 
@@ -43,8 +45,8 @@ def positive_int(text: str) -> int:
 
 def _add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--vocab", default="vocab/vocab.txt",
-                       help="BERT vocab.txt to tokenize with (default: the shipped vocab/vocab.txt)")
+    group.add_argument("--vocab", default=str(VOCAB),
+                       help="BERT vocab.txt to tokenize with (default: the bundled vocabulary)")
     group.add_argument("--tokenizer", metavar="DIR",
                        help="a folder with tokenizer files instead, e.g. a pretrained model you will fine-tune")
 
@@ -131,7 +133,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser = _config_parser(
         TrainConfig, "chatbot-train",
         "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained folder). "
-        "With no arguments: configs/tiny.json on data/train.txt into model/. "
+        "With no arguments: the bundled tiny config on the bundled sample dialogues, into ./model. "
         "Several GPUs: torchrun --nproc_per_node N --no-python chatbot-train ...")
     args = parser.parse_args(argv)
     try:
@@ -199,7 +201,7 @@ def chat_parser() -> argparse.ArgumentParser:
         default=d.min_new_tokens, help="shortest reply, in tokens (default: %(default)s)")
     add("--max-len", metavar="N", dest="max_new_tokens", type=_option_type("max_new_tokens", int),
         default=d.max_new_tokens, help="longest reply, in tokens (default: %(default)s)")
-    add("--max-history", metavar="N", type=positive_int, default=3,
+    add("--max-history", metavar="N", type=positive_int, default=MAX_HISTORY,
         help="turns the model sees, your new message included (default: %(default)s)")
     add("--seed", metavar="N", type=int, default=None, help="make replies reproducible (reply i uses seed + i)")
     add("--mmi-model", metavar="DIR", default=None,
@@ -260,8 +262,8 @@ def eval_parser() -> argparse.ArgumentParser:
                     "for a reply generated from the turns before it.")
     add = p.add_argument
     add("--model", metavar="DIR", default="model/final", help="model folder (default: %(default)s)")
-    add("--data", metavar="PATH", default="data/valid.txt",
-        help="corpus file or chatbot-preprocess folder (default: %(default)s)")
+    add("--data", metavar="PATH", default=str(SAMPLE_VALID),
+        help="corpus file or chatbot-preprocess folder (default: the bundled sample's validation dialogues)")
     add("--format", choices=FORMATS, default="auto", help="corpus format (default: auto)")
     add("--split", metavar="NAME", help="LCCC split to read")
     add("--skip-bad", action="store_true", help="skip unreadable corpus records instead of stopping")
@@ -276,7 +278,8 @@ def eval_parser() -> argparse.ArgumentParser:
     add("--top-k", metavar="K", type=_option_type("top_k", int), help="(default: 0 = off)")
     add("--max-len", metavar="N", dest="max_new_tokens", type=_option_type("max_new_tokens", int),
         help="longest reply in tokens (default: 25)")
-    add("--max-history", metavar="N", type=positive_int, default=3, help="turns the model sees (default: 3)")
+    add("--max-history", metavar="N", type=positive_int, default=MAX_HISTORY,
+        help="turns the model sees (default: %(default)s)")
     add("--examples", metavar="N", type=int, default=3, help="side-by-side samples to print (default: 3)")
     add("--output", metavar="FILE", help="write the full report (metrics and every sample) as JSON")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chatbot.corpus import FORMATS
 from chatbot.data import LOSS_ON
+from chatbot.resources import SAMPLE_TRAIN, SAMPLE_VALID, VOCAB
 
 
 def opt(default, help: str, **metadata):
@@ -23,9 +24,10 @@ def opt(default, help: str, **metadata):
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    train: str = opt("data/train.txt", "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder")
-    valid: str | None = opt(None, "validation corpus or folder (default: data/valid.txt when training on the "
-                                  "bundled sample, else none)")
+    train: str = opt(str(SAMPLE_TRAIN), "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder "
+                                        "(default: the bundled sample of 438 dialogues)")
+    valid: str | None = opt(None, "validation corpus or folder (default: the bundled sample's validation "
+                                  "dialogues when training on the bundled sample, else none)")
     valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation instead of --valid")
     format: str = opt("auto", "corpus format", choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read (train, valid, test)", metavar="NAME")
@@ -36,9 +38,10 @@ class TrainConfig:
     speaker_ids: bool = opt(False, "add [speaker1]/[speaker2] token_type_ids alternating by turn")
     reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
     # model
-    config: str = opt("configs/tiny.json", "GPT2Config JSON for a model trained from scratch")
+    config: str = opt("tiny", "model trained from scratch: a bundled config (tiny, small, base) or a GPT2Config "
+                              "JSON path", metavar="NAME|PATH")
     pretrained: str | None = opt(None, "fine-tune this local Hugging Face GPT-2 folder (its tokenizer is used)")
-    vocab: str = opt("vocab/vocab.txt", "vocab.txt for a model trained from scratch")
+    vocab: str = opt(str(VOCAB), "vocab.txt for a model trained from scratch (default: the bundled vocabulary)")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",
                              metavar="WHAT")
@@ -98,6 +101,13 @@ class TrainConfig:
             raise ValueError("give either --valid or --valid-ratio, not both")
         if self.format == "text" and self.loss_on != "all":
             raise ValueError("--format text has no turns: use --loss-on all")
+
+    @property
+    def valid_path(self) -> str | None:
+        """--valid, or the bundled sample's validation file when training on the bundled sample."""
+        if self.valid is None and not self.valid_ratio and Path(self.train).resolve() == SAMPLE_TRAIN:
+            return str(SAMPLE_VALID)
+        return self.valid
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from chatbot.data import IGNORE_INDEX, LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
+from chatbot.history import MAX_HISTORY
 from chatbot.metrics import reply_metrics
 from chatbot.preprocess import split_at
 from chatbot.tokenization import decode_ids
@@ -94,7 +95,7 @@ def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, see
 def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,
                    skip_bad: bool = False, loss_on: str | None = None, batch_size: int = 16,
                    num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
-                   greedy: bool = False, max_history: int = 3, device: str = "auto",
+                   greedy: bool = False, max_history: int = MAX_HISTORY, device: str = "auto",
                    generate: bool = True, progress: bool = True) -> dict:
     """Perplexity and reply metrics of a model folder on a corpus; the JSON report as a dict.
 

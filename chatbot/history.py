@@ -6,6 +6,9 @@ reply is the next turn. Pure functions on ids: no tokenizer, no torch.
 
 from __future__ import annotations
 
+# Turns the model sees by default, the new message included (GPT2-chitchat's --max_history_len).
+MAX_HISTORY = 3
+
 
 def join_turns(turns: list[list[int]], *, cls_id: int, sep_id: int) -> list[int]:
     """`[CLS] t1 [SEP] t2 [SEP] …`: the ids of `turns` in the training layout."""
@@ -14,6 +17,20 @@ def join_turns(turns: list[list[int]], *, cls_id: int, sep_id: int) -> list[int]
         ids += turn
         ids.append(sep_id)
     return ids
+
+
+def chat_template(*, cls_token: str, sep_token: str, max_history: int = MAX_HISTORY) -> str:
+    """A Jinja chat template that renders the layout `join_turns` builds, for Hugging Face tools.
+
+    `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` then gives the ids
+    `ChatBot` feeds the model: the newest `max_history` messages, each followed by [SEP]. Roles
+    alternate and are not marked; system messages are left out, as the model never saw one.
+    The reply needs no prompt of its own: it starts right after the last [SEP].
+    """
+    return ("{%- set ns = namespace(turns=[]) -%}"
+            "{%- for m in messages if m['role'] != 'system' -%}{%- set ns.turns = ns.turns + [m['content']] -%}"
+            "{%- endfor -%}"
+            f"{cls_token}{{%- for turn in ns.turns[-{max_history}:] -%}}{{{{ turn }}}}{sep_token}{{%- endfor -%}}")
 
 
 def context_length(turns: list[list[int]]) -> int:

@@ -2,8 +2,9 @@
 
 A model folder (what `chatbot-train` writes as `final/`, `best/` and each `checkpoint-N/`) holds
 `config.json` + `model.safetensors` (`save_pretrained`), the tokenizer files (`tokenizer.json`,
-`tokenizer_config.json`, `vocab.txt`) and `training_args.json`. Plain transformers loads it with
-`GPT2LMHeadModel.from_pretrained(dir)` and `BertTokenizerFast.from_pretrained(dir)`.
+`tokenizer_config.json`, `vocab.txt`), `training_args.json`, and what `chatbot.export` adds for
+Hugging Face tools (`generation_config.json`, `chat_template.jinja`, a `README.md` model card).
+Plain transformers loads it with `AutoModelForCausalLM` and `AutoTokenizer`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
+from chatbot.export import export_hf_files, write_model_card
+from chatbot.resources import resolve_config
 from chatbot.tokenization import load_tokenizer
 
 # transformers' own bars ("Loading weights", "Writing model shards") would interleave with ours
@@ -26,18 +29,17 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def load_gpt2_config(path: str | Path, tokenizer: BertTokenizerFast) -> GPT2Config:
-    """Read a GPT2Config JSON and tie its vocabulary and special ids to `tokenizer`.
+    """Read a GPT2Config JSON (a path or a bundled config's name) and tie its vocabulary and
+    special ids to `tokenizer`.
 
     `vocab_size` always comes from the tokenizer, and bos/eos/pad are [CLS]/[SEP]/[PAD]
     (GPT2Config would otherwise default bos/eos to 50256, outside a Chinese vocabulary).
 
     Raises:
-        FileNotFoundError: if the file does not exist.
+        FileNotFoundError: if it is neither a bundled config nor a file.
         ValueError: if it is not a JSON object of GPT2Config fields.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model config not found: {path} (see configs/ for examples)")
+    path = resolve_config(path)
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -127,8 +129,13 @@ def check_vocab_fits(model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, wh
 
 
 def save_model(path: str | Path, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast,
-               training_args: dict) -> Path:
-    """Write a self-describing model folder (weights, config, tokenizer files, training args)."""
+               training_args: dict, results: dict | None = None) -> Path:
+    """Write a self-describing model folder that Hugging Face tools use unchanged (see chatbot.export).
+
+    Args:
+        results: what training knows about these weights (`step`, `valid_ppl`, `eval_generate`),
+            for the model card.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
@@ -138,4 +145,6 @@ def save_model(path: str | Path, model: GPT2LMHeadModel, tokenizer: BertTokenize
     vocab = tokenizer.get_vocab()
     (path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
     (path / TRAINING_ARGS).write_text(json.dumps(training_args, ensure_ascii=False, indent=2), encoding="utf-8")
+    export_hf_files(path, tokenizer, model_max_length=context_limit(model, training_args))
+    write_model_card(path, model, training_args, results or {})
     return path

@@ -5,11 +5,29 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from tokenizers import Regex, decoders
 from transformers import BertTokenizerFast
 
 # Tokens that can appear in a vocabulary but must never reach a user: specials, speaker markers,
 # and BERT's reserved [unusedN] slots (bert-base-chinese style vocabularies have 99 of them).
 _HIDDEN_PREFIXES = ("[unused",)
+
+
+def readable_decoder() -> decoders.Decoder:
+    """The decoder saved in every tokenizer.json we write: ids to the text a person would write.
+
+    BERT's WordPiece decoder puts a space between every two tokens (`你 好 。`). This one glues
+    `##` pieces, then keeps a space only between two ASCII letters or digits (English words,
+    numbers), so `tokenizer.decode`, `pipeline` and any other reader of tokenizer.json print `你好。`
+    and `hello world`.
+    """
+    return decoders.Sequence([
+        decoders.WordPiece(prefix="##", cleanup=False),
+        decoders.Fuse(),
+        # WordPiece leaves the prefix on a first token; a typed "##" is "# #" at this point.
+        decoders.Replace(Regex("^##"), ""),
+        decoders.Replace(Regex(r"(?<![A-Za-z0-9]) | (?![A-Za-z0-9])"), ""),
+    ])
 
 
 def load_tokenizer(path: str | Path) -> BertTokenizerFast:
@@ -30,7 +48,7 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     elif path.is_dir():
         raise FileNotFoundError(
             f"{path} has no tokenizer: expected tokenizer.json or vocab.txt in it. "
-            "Pass --vocab vocab/vocab.txt or a model folder written by chatbot-train.")
+            "Pass --vocab FILE or a model folder written by chatbot-train.")
     else:
         raise FileNotFoundError(f"vocabulary not found: {path} (expected a vocab.txt file or a folder)")
     vocab = tokenizer.get_vocab()
@@ -40,12 +58,14 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if vocab.get(t, n_file) >= n_file]
     if missing:
         raise ValueError(f"{path}: the vocabulary lacks {', '.join(missing)}; a BERT-style vocab.txt "
-                         "starts with [PAD] [UNK] [CLS] [SEP] [MASK] (see vocab/vocab.txt)")
+                         "starts with [PAD] [UNK] [CLS] [SEP] [MASK], as the bundled vocab/vocab.txt does")
     # Speaker markers are ordinary vocabulary lines; registering them keeps WordPiece from
     # splitting them if they ever appear in text.
     extra = [t for t in ("[speaker1]", "[speaker2]") if t in vocab]
     if extra:
         tokenizer.add_special_tokens({"additional_special_tokens": extra})
+    # BertTokenizerFast rebuilds BERT's spaced decoder on every load, whatever tokenizer.json holds.
+    tokenizer.backend_tokenizer.decoder = readable_decoder()
     return tokenizer
 
 
@@ -70,25 +90,15 @@ def hidden_token_ids(tokenizer: BertTokenizerFast) -> set[int]:
     return ids
 
 
-def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None) -> str:
-    """Turn ids into the text a person would write.
+def banned_token_ids(tokenizer: BertTokenizerFast) -> set[int]:
+    """Ids sampling must never produce: the hidden ones except [SEP], which ends a reply."""
+    return hidden_token_ids(tokenizer) - {tokenizer.sep_token_id}
 
-    Chinese characters are joined without spaces, `##` pieces are glued to the piece before,
-    a single space separates two ASCII words or numbers, and special tokens are dropped.
+
+def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None) -> str:
+    """Turn ids into the text a person would write (see `readable_decoder`), dropping hidden tokens.
+
     `hidden` may pass a precomputed `hidden_token_ids(tokenizer)` for hot loops.
     """
     hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
-    tokens = tokenizer.convert_ids_to_tokens([int(i) for i in ids if int(i) not in hidden])
-    out: list[str] = []
-    for tok in tokens:
-        if tok.startswith("##") and len(tok) > 2:
-            out.append(tok[2:])
-        elif out and _is_ascii_word_char(out[-1][-1]) and _is_ascii_word_char(tok[0]):
-            out.append(" " + tok)
-        else:
-            out.append(tok)
-    return "".join(out)
-
-
-def _is_ascii_word_char(ch: str) -> bool:
-    return ch.isascii() and ch.isalnum()
+    return tokenizer.backend_tokenizer.decode([int(i) for i in ids if int(i) not in hidden], skip_special_tokens=False)

@@ -45,6 +45,7 @@ from chatbot.distributed import (
     setup_distributed,
 )
 from chatbot.evaluate import evaluate_loss
+from chatbot.export import write_model_card
 from chatbot.modeling import (
     build_model,
     check_model_dir,
@@ -55,8 +56,6 @@ from chatbot.modeling import (
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
 from chatbot.reports import print_table
 from chatbot.tokenization import load_tokenizer
-
-BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"
 
 
 @dataclass
@@ -133,9 +132,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
 
 def load_data(cfg: TrainConfig, tokenizer, max_len: int, info: DistInfo, device: torch.device):
     """(train, valid or None). Rank 0 encodes raw corpora into the cache while the others wait."""
-    valid = cfg.valid
-    if valid is None and not cfg.valid_ratio and cfg.train == BUNDLED_TRAIN and Path(BUNDLED_VALID).is_file():
-        valid = BUNDLED_VALID
+    valid = cfg.valid_path
     common = dict(max_len=max_len, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
                   progress=info.is_main and not cfg.quiet)
     for turn in ("main", "others") if info.enabled else ("main",):
@@ -210,7 +207,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     optimizer = make_optimizer(raw_model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.scheduler))
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    training_args = dict(cfg.to_dict(), max_len=max_len, source=source)
+    training_args = dict(cfg.to_dict(), valid=cfg.valid_path, max_len=max_len, source=source)
 
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_loss": None, "bad_evals": 0}
     if resume_dir is not None:
@@ -242,7 +239,11 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
             ])
     log = MetricsLog(output_dir, info.is_main)
 
-    saved_at = {"step": None, "eval": None}
+    saved_at = {"step": None, "eval": None, "ppl": None}
+
+    def results(step: int) -> dict:
+        """What a model card can tell about the weights at `step`."""
+        return {"step": step, "valid_ppl": saved_at["ppl"] if saved_at["eval"] == step else None}
 
     def save(path_step: int) -> Path | None:
         if saved_at["step"] == path_step:
@@ -253,19 +254,20 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
         if not info.is_main:
             return None
         return save_checkpoint(output_dir, path_step, raw_model, tokenizer, training_args, ckpt_state,
-                               keep=cfg.save_total_limit)
+                               keep=cfg.save_total_limit, results=results(path_step))
 
     def validate() -> bool:
         """Evaluate, keep best/, and say whether patience ran out."""
-        saved_at["eval"] = state["step"]
         metrics = evaluate_loss(raw_model, valid_set, collate, batch_size=cfg.batch_size, device=device,
                                 autocast_dtype=autocast_dtype, rank=info.rank, world_size=info.world_size)
+        saved_at["eval"], saved_at["ppl"] = state["step"], metrics["ppl"]
         log.write({"step": state["step"], "epoch": state["epoch"], "valid_loss": metrics["loss"],
                    "valid_ppl": metrics["ppl"]})
         if state["best_loss"] is None or metrics["loss"] < state["best_loss"]:
             state["best_loss"], state["bad_evals"] = metrics["loss"], 0
             if info.is_main:
-                publish_model(output_dir / "best", raw_model, tokenizer, dict(training_args, valid_ppl=metrics["ppl"]))
+                publish_model(output_dir / "best", raw_model, tokenizer, dict(training_args, valid_ppl=metrics["ppl"]),
+                              results(state["step"]))
         else:
             state["bad_evals"] += 1
         if info.is_main and not cfg.quiet:
@@ -353,9 +355,11 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     log.close()
     best_ppl = math.exp(state["best_loss"]) if state["best_loss"] is not None else None
     if info.is_main:
-        publish_model(output_dir / "final", raw_model, tokenizer, training_args)
+        publish_model(output_dir / "final", raw_model, tokenizer, training_args, results(state["step"]))
         if cfg.eval_generate:
-            _evaluate_replies(raw_model, tokenizer, training_args, valid_set, cfg, state["step"], output_dir)
+            replies = _evaluate_replies(raw_model, tokenizer, training_args, valid_set, cfg, state["step"], output_dir)
+            write_model_card(output_dir / "final", raw_model, training_args,
+                             dict(results(state["step"]), eval_generate=replies))
         if not cfg.quiet:
             print_table("training finished", [
                 ("steps", state["step"]), ("epochs completed", state["epoch"]),
@@ -369,8 +373,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
 
 
 def _evaluate_replies(model, tokenizer, training_args: dict, valid_set, cfg: TrainConfig, step: int,
-                      output_dir: Path) -> None:
-    """--eval-generate: reply metrics of the final model on N validation dialogues, logged and shown."""
+                      output_dir: Path) -> dict:
+    """--eval-generate: reply metrics of the final model on N validation dialogues, logged, shown and returned."""
     from chatbot.bot import ChatBot
     from chatbot.evaluate import CDIAL_SAMPLING, evaluate_generation, sample_indices
     from chatbot.reports import print_eval_report
@@ -386,6 +390,7 @@ def _evaluate_replies(model, tokenizer, training_args: dict, valid_set, cfg: Tra
                            "loss_on": cfg.loss_on, "perplexity": None,
                            "generation": {"sampled": {"options": CDIAL_SAMPLING, **metrics}},
                            "samples": {"sampled": samples}}, examples=3)
+    return metrics
 
 
 def _seed_everything(seed: int) -> None:

@@ -54,16 +54,6 @@ def test_preprocess_train_eval_chat_and_bot(tmp_path, vocab_file, env):
     assert "expected 'user: message'" in served.stderr
 
 
-def test_train_defaults_use_the_bundled_sample(tmp_path, env):
-    """`chatbot-train` with no data or model flags: configs/tiny.json on data/train.txt + data/valid.txt."""
-    out = tmp_path / "model"
-    run([script("chatbot-train"), "--output-dir", str(out), "--max-steps", "2", "--quiet"], env, cwd=ROOT)
-    args = json.loads((out / "final" / "training_args.json").read_text(encoding="utf-8"))
-    assert (args["train"], args["config"], args["vocab"], args["max_len"]) == (
-        "data/train.txt", "configs/tiny.json", "vocab/vocab.txt", 256)
-    assert (out / "best").is_dir()  # validated on data/valid.txt
-
-
 def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")

@@ -56,8 +56,8 @@ def test_train_writes_checkpoints_best_and_final(corpus, model_config, vocab_fil
     out = tmp_path / "out"
     assert result.exit_code == 0 and result.steps == 8  # 16 train examples / batch 4 x 2 epochs
     assert sorted(p.name for p in out.iterdir()) == ["best", "checkpoint-8", "final", "metrics.jsonl"]
-    model_files = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                   "tokenizer_config.json", "training_args.json", "vocab.txt"]
+    model_files = ["README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+                   "tokenizer.json", "tokenizer_config.json", "training_args.json", "vocab.txt"]
     assert sorted(os.listdir(out / "final")) == model_files
     assert sorted(os.listdir(out / "checkpoint-8")) == sorted(model_files + ["trainer_state.pt"])
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values()) and len(losses(out)) == 8
@@ -67,6 +67,9 @@ def test_train_writes_checkpoints_best_and_final(corpus, model_config, vocab_fil
     assert len(tokenizer) == model.config.vocab_size == 22
     assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (2, 3, 0)
     assert json.loads((out / "final" / "training_args.json").read_text())["max_len"] == 64
+    best_card, final_card = ((out / d / "README.md").read_text(encoding="utf-8") for d in ("best", "final"))
+    assert f"| validation perplexity | {result.best_valid_ppl:.2f} |" in best_card
+    assert "| optimizer steps | 8 |" in final_card
 
 
 def test_resume_continues_exactly(corpus, model_config, vocab_file, tmp_path):
