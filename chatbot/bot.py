@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from transformers import BertTokenizerFast, GPT2LMHeadModel
 
+from chatbot.batching import BatchDecoder
 from chatbot.distributed import resolve_device
 from chatbot.history import fit_turns, join_turns, speaker_type_ids
 from chatbot.mmi import score_replies
@@ -26,6 +27,7 @@ from chatbot.modeling import context_limit, load_model
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
 from chatbot.tokenization import (
+    TextStream,
     decode_ids,
     encode_texts,
     hidden_token_ids,
@@ -55,6 +57,16 @@ class _Model:
                 raise ValueError("the model was trained with speaker ids but its vocabulary lacks "
                                  "[speaker1]/[speaker2]; use the tokenizer saved with the model")
             self.speaker_ids = tuple(ids)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is given to reply to a message."""
+
+    turns: list[list[int]]  # the turns kept, oldest first, as ids without specials
+    input_ids: list[int]  # [CLS] t1 [SEP] t2 [SEP] ...
+    token_type_ids: list[int] | None  # speaker segment ids, for models trained with them
+    reply_type_id: int | None  # the reply's segment id, with token_type_ids
 
 
 class ChatBot:
@@ -168,46 +180,50 @@ class ChatBot:
         With several candidates (and an MMI model), the best one comes as a single piece.
         """
         options = self.resolve_options(**changes)
-        # Only the newest max_history turns can be used: the rest is not worth encoding.
-        recent = encode_texts(self.tokenizer, [*history, text][-self.max_history:])
-        turns, notice = fit_turns(recent, max_history=self.max_history,
-                                  max_len=self._forward.max_len - options.max_new_tokens)
-        if notice:
-            log.warning(notice)
-        steps = self._generate_ids(join_turns(turns, cls_id=self.tokenizer.cls_token_id,
-                                              sep_id=self.tokenizer.sep_token_id), options, seed)
+        prompt = self.prompt(text, history, max_new_tokens=options.max_new_tokens)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        steps = generate_tokens(self._forward.model, prompt.input_ids, eos_id=self.tokenizer.sep_token_id,
+                                banned_ids=self._banned, token_type_ids=prompt.token_type_ids,
+                                reply_type_id=prompt.reply_type_id, generator=generator, **asdict(options))
         if options.num_candidates == 1:
             yield from self._decode_stream(step[0] for step in steps)
         else:
-            yield self._decode(self._rerank(steps, turns))
+            yield self._decode(self._rerank(steps, prompt.turns))
 
-    def _generate_ids(self, context: list[int], options: SamplingOptions, seed: int | None) -> Iterator[list[int]]:
+    def prompt(self, text: str, history: list[str], *, max_new_tokens: int) -> Prompt:
+        """The model's input for replying to `text` after `history` (oldest first), fitted so that
+        a reply of `max_new_tokens` still fits the model; logs a warning when `text` had to be cut."""
+        # Only the newest max_history turns can be used: the rest is not worth encoding.
+        recent = encode_texts(self.tokenizer, [*history, text][-self.max_history:])
+        turns, notice = fit_turns(recent, max_history=self.max_history, max_len=self._forward.max_len - max_new_tokens)
+        if notice:
+            log.warning(notice)
+        ids = join_turns(turns, cls_id=self.tokenizer.cls_token_id, sep_id=self.tokenizer.sep_token_id)
         types = reply_type = None
         if self._forward.speaker_ids:
-            types, reply_type = speaker_type_ids(context, sep_id=self.tokenizer.sep_token_id,
+            types, reply_type = speaker_type_ids(ids, sep_id=self.tokenizer.sep_token_id,
                                                  speaker_ids=self._forward.speaker_ids)
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        return generate_tokens(self._forward.model, context, eos_id=self.tokenizer.sep_token_id,
-                               banned_ids=self._banned, token_type_ids=types, reply_type_id=reply_type,
-                               generator=generator, **asdict(options))
+        return Prompt(turns, ids, types, reply_type)
+
+    def batch_decoder(self) -> BatchDecoder:
+        """A decoder of many replies at once (what `chatbot-serve` runs), with this bot's model and bans."""
+        return BatchDecoder(self._forward.model, eos_id=self.tokenizer.sep_token_id, banned_ids=self._banned)
+
+    def text_stream(self) -> TextStream:
+        """Turns a reply's token ids, as they arrive, into the text each one adds."""
+        return TextStream(self.tokenizer, self._hidden)
 
     def _decode(self, ids: list[int]) -> str:
         return decode_ids(self.tokenizer, ids, self._hidden)
 
     def _decode_stream(self, token_ids: Iterator[int]) -> Iterator[str]:
-        """Yield text as it grows. Decoding the whole reply each time (not token by token) lets
-        decode_ids glue `##` pieces and space English words; each decode extends the previous."""
-        ids: list[int] = []
-        text = ""
+        """Yield the reply's text as it grows, up to the first [SEP]."""
+        text = self.text_stream()
         for token_id in token_ids:
             if token_id == self.tokenizer.sep_token_id:
                 return
-            ids.append(token_id)
-            new_text = self._decode(ids)
-            assert new_text.startswith(text), "decode_ids must only append as tokens are added"
-            if new_text != text:
-                yield new_text[len(text):]
-                text = new_text
+            if piece := text.add(token_id):
+                yield piece
 
     def _rerank(self, steps: Iterator[list[int]], turns: list[list[int]]) -> list[int]:
         """Collect all candidates, then keep the one the backward model finds most informative
