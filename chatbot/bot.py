@@ -20,7 +20,8 @@ import torch
 from transformers import BertTokenizerFast, GPT2LMHeadModel
 
 from chatbot.distributed import resolve_device
-from chatbot.history import fit_turns, join_turns, speaker_type_ids
+from chatbot.history import fit_turns
+from chatbot.layout import join_turns, speaker_token_ids, speaker_type_ids
 from chatbot.mmi import score_replies
 from chatbot.modeling import context_limit, load_model
 from chatbot.options import SamplingOptions
@@ -50,11 +51,7 @@ class _Model:
         self.max_len = context_limit(model, training_args)
         self.speaker_ids = None
         if training_args.get("speaker_ids"):
-            ids = tokenizer.convert_tokens_to_ids(["[speaker1]", "[speaker2]"])
-            if tokenizer.unk_token_id in ids:
-                raise ValueError("the model was trained with speaker ids but its vocabulary lacks "
-                                 "[speaker1]/[speaker2]; use the tokenizer saved with the model")
-            self.speaker_ids = tuple(ids)
+            self.speaker_ids = speaker_token_ids(tokenizer.get_vocab())
 
 
 class ChatBot:

@@ -251,7 +251,7 @@ def _chat(args: argparse.Namespace) -> None:
 
 def eval_parser() -> argparse.ArgumentParser:
     from chatbot.corpus import FORMATS
-    from chatbot.data import LOSS_ON
+    from chatbot.layout import LOSS_ON
 
     p = argparse.ArgumentParser(
         prog="chatbot-eval",
