@@ -120,12 +120,15 @@ def _download(repo_id: str) -> Path:
         reason = "the Hugging Face Hub model is gated: accept its terms on huggingface.co, then `hf auth login`"
     except errors.RepositoryNotFoundError:
         reason = "the Hugging Face Hub has no such model (check the id; a private one needs `hf auth login`)"
-    except (errors.LocalEntryNotFoundError, OSError) as e:
+    except errors.LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
             reason = ("the Hugging Face Hub is offline (HF_HUB_OFFLINE=1) with no cached copy; "
                       "unset HF_HUB_OFFLINE to download it, or pass a local folder")
         else:
-            reason = f"it could not be fetched from the Hugging Face Hub ({str(e).splitlines()[0]})"
+            reason = ("the Hugging Face Hub cannot be reached and there is no cached copy; "
+                      "check the network, or pass a local folder")
+    except OSError as e:  # e.g. the cache folder is not writable or the disk is full
+        reason = f"fetching it from the Hugging Face Hub failed: {str(e).splitlines()[0]}"
     raise FileNotFoundError(f"{repo_id}: not a local folder, and {reason}")
 
 
