@@ -14,12 +14,20 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import BertTokenizerFast
 
-from chatbot.layout import CDIAL, CHITCHAT, cdial_example, speaker_token_ids
+# IGNORE_INDEX, LOSS_ON, turn_index and reverse_turns are re-exported: they lived here before chatbot.layout.
+from chatbot.layout import (  # noqa: F401
+    CDIAL,
+    CHITCHAT,
+    IGNORE_INDEX,
+    LOSS_ON,
+    cdial_example,
+    label_mask,
+    reverse_turns,
+    speaker_token_ids,
+    turn_index,
+)
 from chatbot.preprocess import FORMAT_VERSION, cache_key, is_fresh, preprocess
 from chatbot.tokenization import vocab_fingerprint
-
-IGNORE_INDEX = -100  # positions the loss skips (torch's cross_entropy default)
-LOSS_ON = ("all", "replies", "last")
 
 
 class TokenDataset(Dataset):
@@ -96,11 +104,10 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_
     in the CDIAL layout). `labels` equal `input_ids` where the loss applies and IGNORE_INDEX
     elsewhere; the model shifts them itself, so the logits at position t are scored against labels[t + 1].
 
-    loss_on: "all" every token (GPT2-chitchat), "replies" every turn but the first (DialoGPT),
-    "last" only the final turn (CDial-GPT). A turn's closing [SEP] counts as part of it, so the
-    model learns where replies end; [CLS] never has a label. `reverse` reverses the turn order
-    of every example first (the backward model of MMI reranking). `layout` is how the model reads
-    a dialogue (see `chatbot.layout`); examples are stored in the CHITCHAT layout either way.
+    `loss_on` picks the turns that carry loss (see `chatbot.layout.label_mask`). `reverse`
+    reverses the turn order of every example first (the backward model of MMI reranking).
+    `layout` is how the model reads a dialogue (see `chatbot.layout`); examples are stored in
+    the CHITCHAT layout either way.
     """
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
@@ -115,11 +122,8 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_
             ids = reverse_turns(ids, sep_id)
         if layout == CDIAL:
             return cdial_example(ids, sep_id=sep_id, speaker_ids=tuple(speakers), loss_on=loss_on)
-        turn = turn_index(ids, sep_id)
-        first = {"all": 0, "replies": 1, "last": turn[-1]}[loss_on]
-        keep = turn >= first
-        keep[0] = False  # [CLS] is given, never predicted
-        return ids, None if speakers is None else speakers[turn % 2], keep
+        types = None if speakers is None else speakers[turn_index(ids, sep_id) % 2]
+        return ids, types, label_mask(ids, sep_id, loss_on)
 
     def collate(batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
         rows = [example(ids) for ids in batch]
@@ -142,23 +146,6 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_
         return out
 
     return collate
-
-
-def turn_index(ids: np.ndarray, sep_id: int) -> np.ndarray:
-    """The 0-based turn of each position; a turn's closing [SEP] belongs to it.
-
-    `[CLS] a a [SEP] b [SEP]` -> `0 0 0 0 1 1`.
-    """
-    is_sep = (ids == sep_id).astype(np.int64)
-    return np.cumsum(is_sep) - is_sep
-
-
-def reverse_turns(ids: np.ndarray, sep_id: int) -> np.ndarray:
-    """`[CLS] a [SEP] b [SEP]` -> `[CLS] b [SEP] a [SEP]`."""
-    body = ids[1:]
-    ends = np.flatnonzero(body == sep_id) + 1
-    turns = np.split(body, ends[:-1])
-    return np.concatenate([ids[:1], *turns[::-1]])
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):

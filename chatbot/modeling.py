@@ -233,14 +233,14 @@ def dialogue_layout(kind: str, tokenizer: BertTokenizerFast, training_args: dict
     return layout
 
 
-def context_limit(model: GPT2LMHeadModel, training_args: dict) -> int:
+def context_limit(model: PreTrainedModel, training_args: dict) -> int:
     """Tokens the model can be given: n_positions, or less if it was trained on shorter examples
     (position embeddings past the training max_len were never trained)."""
     n_positions = model.config.n_positions
     return min(n_positions, training_args.get("max_len") or n_positions)
 
 
-def check_vocab_fits(model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, where: str) -> None:
+def check_vocab_fits(model: PreTrainedModel, tokenizer: BertTokenizerFast, *, where: str) -> None:
     """Raise if the tokenizer can produce ids outside the model's embedding table.
 
     Raises:
@@ -254,7 +254,7 @@ def check_vocab_fits(model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, wh
             "--resize-embeddings to grow the embedding (new rows start random).")
 
 
-def save_model(path: str | Path, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast,
+def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenizerFast,
                training_args: dict) -> Path:
     """Write a self-describing model folder (weights, config, tokenizer files, training args)."""
     path = Path(path)
