@@ -14,6 +14,7 @@ matmuls (which the tests check does not change the tokens).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,12 @@ class BatchDecoder:
     """
 
     def __init__(self, model: PreTrainedModel, *, eos_id: int, banned_ids: Collection[int] = ()):
+        """Raises:
+            ValueError: for a model without a KV cache (OpenAI GPT, as CDial-GPT's models are).
+        """
+        if "past_key_values" not in inspect.signature(model.forward).parameters:
+            raise ValueError(f"{type(model).__name__} has no KV cache, which batched decoding needs; serve a "
+                             "GPT-2 model (chatbot-chat still talks with this one)")
         self.model = model
         self.eos_id = eos_id
         self._banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=model.device)

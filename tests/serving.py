@@ -18,20 +18,13 @@ from chatbot.serve import ServeSettings, create_app
 from tests.conftest import tiny_config
 
 
-class SlowGPT2(GPT2LMHeadModel):
-    """A GPT-2 whose every forward pass takes `delay` seconds longer, so that tests can act mid-reply."""
-
-    delay = 0.0
-
-    def forward(self, *args, **kwargs):
-        time.sleep(self.delay)
-        return super().forward(*args, **kwargs)
-
-
 def tiny_bot(tokenizer, *, delay: float = 0.0, n_positions: int = 64, **options) -> ChatBot:
+    """A bot on a random 2-layer GPT-2; `delay` seconds are added to every forward pass, so that
+    tests can act in the middle of a reply."""
     torch.manual_seed(0)
-    model = SlowGPT2(tiny_config(tokenizer, n_positions=n_positions)).eval()
-    model.delay = delay
+    model = GPT2LMHeadModel(tiny_config(tokenizer, n_positions=n_positions)).eval()
+    if delay:
+        model.register_forward_pre_hook(lambda module, args: time.sleep(delay))
     return ChatBot(model, tokenizer, options=SamplingOptions(**options))
 
 
@@ -52,12 +45,19 @@ def running_server(app, *, ready: bool = True):
     try:
         wait_for(lambda: server.started, "the server to start")
         if ready:
-            wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, "the model to load")
+            wait_for(lambda: _loaded(url), "the model to load")
         yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def _loaded(url: str) -> bool:
+    health = httpx.get(f"{url}/health")
+    if health.status_code == 500:
+        raise RuntimeError(f"the model failed to load: {health.json()['error']}")
+    return health.status_code == 200
 
 
 def serve(bot: ChatBot, **changes):

@@ -94,3 +94,12 @@ def test_bad_rows_are_refused_naming_the_problem(tiny_model, call, message):
     decoder.add(["x"], PROMPTS[0], options, [0])
     with pytest.raises(ValueError, match=message):
         call(decoder, options)
+
+
+def test_a_model_without_kv_cache_is_refused_by_name(tokenizer):
+    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tokenizer), n_positions=16, n_embd=8, n_layer=1,
+                                                 n_head=2))
+    with pytest.raises(ValueError, match="OpenAIGPTLMHeadModel has no KV cache"):
+        BatchDecoder(model, eos_id=EOS)
