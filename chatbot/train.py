@@ -53,7 +53,7 @@ from chatbot.modeling import (
     special_ids,
 )
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
-from chatbot.reports import print_table
+from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
 
 BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"
@@ -144,6 +144,8 @@ def load_data(cfg: TrainConfig, tokenizer, max_len: int, info: DistInfo, device:
             valid_set = load_dataset(valid, tokenizer, **common) if valid else None
         if info.enabled:
             torch.distributed.barrier()
+    if info.is_main:
+        print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
     if cfg.valid_ratio:
         train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
     if len(train_set) < info.world_size:
