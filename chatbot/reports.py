@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from chatbot.corpus import MAX_TURN_CHARS
+
 console = Console(stderr=True)
 
 
@@ -27,6 +29,8 @@ def print_preprocess_summary(meta: dict, output) -> None:
         ("[UNK] rate", f"{meta['unk_tokens'] / max(meta['tokens'], 1):.3%}"),
         ("dialogues split into windows", meta["windowed_dialogues"]),
         ("turns truncated to max_len", meta["truncated_turns"]),
+        *([(f"turns cut to {MAX_TURN_CHARS:,} characters while reading", meta["cut_while_reading"])]
+          if meta.get("cut_while_reading") else []),
         ("max_len / dtype", f"{meta['max_len']} / {meta['dtype']}"),
         ("time", f"{seconds:.1f} s ({meta['dialogues'] / seconds:,.0f} dialogues/s)"),
         ("output", str(output)),
