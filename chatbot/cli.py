@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -47,8 +48,8 @@ def _add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--vocab", default=str(VOCAB),
                        help="BERT vocab.txt to tokenize with (default: the bundled vocabulary)")
-    group.add_argument("--tokenizer", metavar="DIR",
-                       help="a folder with tokenizer files instead, e.g. a pretrained model you will fine-tune")
+    group.add_argument("--tokenizer", metavar="DIR|ID",
+                       help="a folder with tokenizer files instead, or the model folder or Hub id you will fine-tune")
 
 
 def preprocess_main(argv: list[str] | None = None) -> int:
@@ -80,15 +81,21 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {args.max_len}")
 
     def body() -> None:
+        from chatbot.layout import CHITCHAT, EXTRA_TOKENS
+        from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
-        tokenizer_path = args.tokenizer or args.vocab
+        layout = CHITCHAT
         if args.vocab_out:
-            tokenizer_path = _build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split)
-        tokenizer = load_tokenizer(tokenizer_path)
-        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len, format=args.format,
+            tokenizer = load_tokenizer(_build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split))
+        elif args.tokenizer:
+            tokenizer, layout = load_model_tokenizer(args.tokenizer)  # reads text as that model does
+        else:
+            tokenizer = load_tokenizer(args.vocab)
+        # Stored examples leave room for what the model's layout adds, so --max-len is what it sees.
+        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len - EXTRA_TOKENS[layout], format=args.format,
                           split=args.split, skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
         if not args.quiet:
             print_preprocess_summary(meta, args.output)
@@ -175,15 +182,10 @@ def _option_type(name: str, kind: type) -> Callable[[str], int | float]:
     return parse
 
 
-def chat_parser() -> argparse.ArgumentParser:
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The default sampling options, as chatbot-chat and chatbot-serve take them."""
     d = SamplingOptions()
-    p = argparse.ArgumentParser(
-        prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
-        "message per line and print one reply per line (no prompts, no colour).")
     add = p.add_argument
-    add("--model", metavar="DIR", default="model/final",
-        help="model folder written by chatbot-train (default: %(default)s)")
-    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
     add("--temperature", metavar="T", type=_option_type("temperature", float), default=d.temperature,
         help="sampling temperature; 0 = always the most likely token (default: %(default)s)")
     add("--top-k", metavar="K", type=_option_type("top_k", int), default=d.top_k,
@@ -201,16 +203,29 @@ def chat_parser() -> argparse.ArgumentParser:
         default=d.min_new_tokens, help="shortest reply, in tokens (default: %(default)s)")
     add("--max-len", metavar="N", dest="max_new_tokens", type=_option_type("max_new_tokens", int),
         default=d.max_new_tokens, help="longest reply, in tokens (default: %(default)s)")
+
+
+def chat_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
+        "message per line and print one reply per line (no prompts, no colour).")
+    add = p.add_argument
+    add("--model", metavar="DIR|ID", default="model/final",
+        help="model folder written by chatbot-train, or a Hugging Face Hub id such as thu-coai/CDial-GPT_LCCC-base "
+             "(default: %(default)s)")
+    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
+    _add_sampling_flags(p)
     add("--max-history", metavar="N", type=positive_int, default=MAX_HISTORY,
         help="turns the model sees, your new message included (default: %(default)s)")
     add("--seed", metavar="N", type=int, default=None, help="make replies reproducible (reply i uses seed + i)")
-    add("--mmi-model", metavar="DIR", default=None,
-        help="backward model folder (chatbot-train --reverse) that picks the best of --candidates")
+    add("--mmi-model", metavar="DIR|ID", default=None,
+        help="backward model folder or Hub id (chatbot-train --reverse) that picks the best of --candidates")
     add("--candidates", metavar="N", dest="num_candidates", type=_option_type("num_candidates", int),
-        default=d.num_candidates,
+        default=SamplingOptions().num_candidates,
         help="replies sampled per message in one batch; > 1 needs --mmi-model (default: %(default)s)")
-    add("--log-dir", metavar="DIR", default="chat_logs",
-        help="where the transcript is saved on exit (default: %(default)s)")
+    add("--log-dir", metavar="DIR", default=None,
+        help="folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/transcripts, else "
+             "~/.local/share/chatbot/transcripts; a piped chat saves one only when this is given)")
     add("--no-transcript", action="store_true", help="do not save a transcript on exit")
     add("--history-file", metavar="FILE", default=str(Path.home() / ".chatbot_history"),
         help="keeps the lines you type, for Up-arrow recall across sessions (default: %(default)s)")
@@ -228,7 +243,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _chat(args))
 
 
-def _chat(args: argparse.Namespace) -> None:
+def _chat(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and flag errors answer without loading torch.
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -236,24 +251,61 @@ def _chat(args: argparse.Namespace) -> None:
     from chatbot.bot import ChatBot
     from chatbot.repl import Session, prompt_reader, run_piped, run_repl
 
+    log_dir, autosave = _transcript_plan(args)  # before loading: a bad --log-dir fails at once
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
     options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__}
     bot = ChatBot.from_pretrained(args.model, args.device, mmi_model=args.mmi_model,
                                   max_history=args.max_history, **options)
-    session = Session(bot, model_name=str(args.model), log_dir=Path(args.log_dir), seed=args.seed)
+    session = Session(bot, model_name=str(args.model), log_dir=log_dir, seed=args.seed)
+    saved = True
     try:
         if sys.stdin.isatty():
             run_repl(session, prompt_reader(args.history_file), Console())
         else:
             run_piped(session, sys.stdin, sys.stdout)
     finally:
-        if session.transcript and not args.no_transcript:
-            print(f"transcript saved to {session.save(session.default_path())}", file=sys.stderr)
+        if autosave and session.transcript:
+            saved = _save_transcript(session)
+    return 0 if saved else EXIT_USAGE
+
+
+def _transcript_plan(args: argparse.Namespace) -> tuple[Path, bool]:
+    """(transcript folder, save on exit?). A terminal chat saves into the per-user data folder unless
+    told otherwise; a piped one only into an explicit --log-dir (its stdout already is the record)."""
+    from chatbot.repl import default_transcript_dir
+
+    log_dir = Path(args.log_dir).expanduser() if args.log_dir else default_transcript_dir()
+    autosave = not args.no_transcript and (args.log_dir is not None or sys.stdin.isatty())
+    if autosave:
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(log_dir, os.W_OK | os.X_OK):
+                raise PermissionError(f"{log_dir} is not writable")
+        except OSError as e:
+            if args.log_dir:
+                raise ValueError(f"--log-dir {log_dir}: cannot write transcripts there ({e}); "
+                                 "choose another folder or pass --no-transcript") from None
+            print(f"warning: cannot write transcripts to {log_dir} ({e}); this chat will not be saved "
+                  "(--log-dir DIR saves it elsewhere)", file=sys.stderr)
+            autosave = False
+    return log_dir, autosave
+
+
+def _save_transcript(session) -> bool:
+    from chatbot.repl import printable
+
+    try:
+        path = session.save()
+    except OSError as e:
+        print(f"error: could not save the transcript: {printable(str(e))}", file=sys.stderr)
+        return False
+    print(f"transcript saved to {printable(str(path))}", file=sys.stderr)
+    return True
 
 
 def eval_parser() -> argparse.ArgumentParser:
     from chatbot.corpus import FORMATS
-    from chatbot.data import LOSS_ON
+    from chatbot.layout import LOSS_ON
 
     p = argparse.ArgumentParser(
         prog="chatbot-eval",
@@ -261,7 +313,7 @@ def eval_parser() -> argparse.ArgumentParser:
                     "and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference "
                     "for a reply generated from the turns before it.")
     add = p.add_argument
-    add("--model", metavar="DIR", default="model/final", help="model folder (default: %(default)s)")
+    add("--model", metavar="DIR|ID", default="model/final", help="model folder or Hub id (default: %(default)s)")
     add("--data", metavar="PATH", default=str(SAMPLE_VALID),
         help="corpus file or chatbot-preprocess folder (default: the bundled sample's validation dialogues)")
     add("--format", choices=FORMATS, default="auto", help="corpus format (default: auto)")
@@ -311,3 +363,87 @@ def eval_main(argv: list[str] | None = None) -> int:
             print_eval_report(report, args.examples)
 
     return run_command(body)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535] (0 = any free port), got {value}")
+    return value
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chatbot-serve", description="Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, "
+        "GET /v1/models, GET /health) with a chat page at /. Concurrent requests are decoded together.")
+    add = p.add_argument
+    add("--model", metavar="DIR", default="model/final",
+        help="model folder written by chatbot-train (default: %(default)s)")
+    add("--served-model-name", metavar="NAME", help="the model id clients see and send (default: the --model value)")
+    add("--host", default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 opens the server to the network (default: %(default)s)")
+    add("--port", type=_port, default=8000, help="port to listen on (default: %(default)s)")
+    add("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1/* (default: $CHATBOT_API_KEY "
+        "if set, else no key)")
+    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
+    add("--max-batch", metavar="N", type=positive_int, default=16,
+        help="replies decoded together in one batch (default: %(default)s)")
+    add("--max-concurrent", metavar="N", type=positive_int, default=64,
+        help="requests held at once, decoding or queued; more get HTTP 429 (default: %(default)s)")
+    add("--max-body-bytes", metavar="N", type=positive_int, default=2**20,
+        help="larger request bodies get HTTP 413 (default: %(default)s)")
+    add("--max-message-chars", metavar="N", type=positive_int, default=8000,
+        help="longer messages get HTTP 400 (default: %(default)s)")
+    add("--cors-origin", metavar="ORIGIN", action="append", default=[],
+        help="let pages from ORIGIN (e.g. https://example.com) call the API; repeatable (default: none, CORS off)")
+    _add_sampling_flags(p)
+    add("--max-history", metavar="N", type=positive_int, default=MAX_HISTORY,
+        help="turns the model sees, the new message included (default: %(default)s)")
+    return p
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """`chatbot-serve`: an OpenAI-compatible HTTP server with a chat page."""
+    import os
+
+    parser = serve_parser()
+    args = parser.parse_args(argv)
+    if args.min_new_tokens > args.max_new_tokens:
+        parser.error(f"--min-len ({args.min_new_tokens}) must be <= --max-len ({args.max_new_tokens})")
+    return run_command(lambda: _serve(args, args.api_key or os.environ.get("CHATBOT_API_KEY") or None))
+
+
+def _serve(args: argparse.Namespace, api_key: str | None) -> int:
+    import logging
+
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from chatbot.bot import ChatBot
+    from chatbot.modeling import check_model_dir
+    from chatbot.serve import ServeSettings, create_app
+
+    check_model_dir(args.model)  # a wrong path fails now, not after the server has started
+    hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__ if hasattr(args, name)}
+    settings = ServeSettings(args.served_model_name or args.model, max_batch=args.max_batch,
+                             max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
+                             max_message_chars=args.max_message_chars, api_key=api_key,
+                             cors_origins=tuple(args.cors_origin))
+    failures: list[Exception] = []
+
+    def load_failed(error: Exception) -> None:
+        failures.append(error)
+        server.should_exit = True
+
+    app = create_app(lambda: ChatBot.from_pretrained(args.model, args.device, max_history=args.max_history,
+                                                     **options), settings, on_load_error=load_failed)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+    server.run()
+    if failures:  # run_command reports a user error (bad folder, bad option) as one line
+        raise failures[0]
+    return 0

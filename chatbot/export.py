@@ -6,7 +6,7 @@ engines that read chat templates (vLLM, TGI) then prompt, sample and decode as `
 - `tokenizer_config.json` names the generic fast tokenizer class, so that the decoder saved in
   `tokenizer.json` is used (`BertTokenizer` would rebuild BERT's spaced one), and
   `model_max_length` is the model's length;
-- `chat_template.jinja` renders the training layout (`chatbot.history.chat_template`);
+- `chat_template.jinja` renders the model's dialogue layout (`chatbot.layout.chat_template`);
 - `generation_config.json` holds `SamplingOptions`' defaults and bans the hidden tokens;
 - `README.md` is a model card.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast, GenerationConfig, PreTrainedModel
 
-from chatbot.history import MAX_HISTORY, chat_template
+from chatbot.history import MAX_HISTORY
+from chatbot.layout import CDIAL, chat_template
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import banned_token_ids
 
@@ -43,11 +44,10 @@ def generation_config(tokenizer: BertTokenizerFast, options: SamplingOptions = S
         suppress_tokens=sorted(banned_token_ids(tokenizer)))
 
 
-def export_hf_files(path: Path, tokenizer: BertTokenizerFast, *, model_max_length: int) -> None:
+def export_hf_files(path: Path, tokenizer: BertTokenizerFast, *, layout: str, model_max_length: int) -> None:
     """Complete a folder holding `save_pretrained`'s files with what the tools above read."""
     generation_config(tokenizer).save_pretrained(str(path))
-    (path / CHAT_TEMPLATE_FILE).write_text(
-        chat_template(cls_token=tokenizer.cls_token, sep_token=tokenizer.sep_token), encoding="utf-8")
+    (path / CHAT_TEMPLATE_FILE).write_text(chat_template(layout, max_history=MAX_HISTORY), encoding="utf-8")
     config_file = path / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
     # PreTrainedTokenizerFast, not transformers 5's TokenizersBackend: older releases know it too.
@@ -79,7 +79,7 @@ def _facts(model: PreTrainedModel, args: dict, results: dict) -> list[str]:
     facts = [
         ("training data", f"`{args.get('train', '?')}`" + (f", {args['valid_ratio']:.0%} held out" if args.get("valid_ratio") else "")),
         ("validation data", f"`{args['valid']}`" if args.get("valid") else "none given"),
-        ("model", f"GPT-2, {c.n_layer} layers × {c.n_embd} wide, {c.n_head} heads, {c.n_positions} positions, "
+        ("model", f"{c.model_type}, {c.n_layer} layers × {c.n_embd} wide, {c.n_head} heads, {c.n_positions} positions, "
                   f"{params / 1e6:.1f} M parameters, {c.vocab_size} tokens"),
         ("started from", f"`{args.get('source', '?')}`"),
         ("optimizer steps", results.get("step", "not recorded")),
@@ -110,11 +110,11 @@ def _usage(args: dict) -> list[str]:
              'chat = pipeline("text-generation", model="PATH_TO_THIS_FOLDER")',
              'print(chat(messages)[0]["generated_text"][-1]["content"])',
              "```", "",
-             f"The chat template keeps the newest {MAX_HISTORY} messages: `[CLS] turn [SEP] turn [SEP] …`, as in "
-             "training. `generation_config.json` holds `chatbot-chat`'s default sampling and never samples "
+             f"The chat template keeps the newest {MAX_HISTORY} messages in the layout the model was trained on "
+             "(`[CLS] turn [SEP] turn [SEP] …`, or CDial-GPT's `[CLS] [speaker1] turn [speaker2] turn …`). `generation_config.json` holds `chatbot-chat`'s default sampling and never samples "
              "`[UNK]`, `[PAD]` or `[CLS]`; transformers applies its repetition penalty to the prompt too.", ""]
-    if args.get("speaker_ids"):
-        lines += ["Trained with `--speaker-ids`: plain `generate()` does not pass the speaker `token_type_ids`; "
+    if args.get("speaker_ids") or args.get("layout") == CDIAL:
+        lines += ["Trained with `--speaker-ids` or in CDial-GPT's layout: plain `generate()` does not pass the speaker `token_type_ids`; "
                   "chat with `chatbot-chat` for replies as in training.", ""]
     if args.get("reverse"):
         lines += ["Trained with `--reverse`: a backward model for MMI reranking (`chatbot-chat --mmi-model`), "

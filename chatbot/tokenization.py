@@ -5,28 +5,31 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tokenizers import Regex, decoders
+from tokenizers import Regex, decoders, pre_tokenizers
 from transformers import BertTokenizerFast
+
+from chatbot.layout import REQUIRED_TOKENS, SPEAKER_TOKENS
 
 # Tokens that can appear in a vocabulary but must never reach a user: specials, speaker markers,
 # and BERT's reserved [unusedN] slots (bert-base-chinese style vocabularies have 99 of them).
 _HIDDEN_PREFIXES = ("[unused",)
 
 
-def readable_decoder() -> decoders.Decoder:
+def readable_decoder(*, spaced_words: bool = True) -> decoders.Decoder:
     """The decoder saved in every tokenizer.json we write: ids to the text a person would write.
 
     BERT's WordPiece decoder puts a space between every two tokens (`你 好 。`). This one glues
     `##` pieces, then keeps a space only between two ASCII letters or digits (English words,
     numbers), so `tokenizer.decode`, `pipeline` and any other reader of tokenizer.json print `你好。`
-    and `hello world`.
+    and `hello world`. With `spaced_words=False` (a tokenizer that splits characters, whose
+    words are letters) every space goes.
     """
     return decoders.Sequence([
         decoders.WordPiece(prefix="##", cleanup=False),
         decoders.Fuse(),
         # WordPiece leaves the prefix on a first token; a typed "##" is "# #" at this point.
         decoders.Replace(Regex("^##"), ""),
-        decoders.Replace(Regex(r"(?<![A-Za-z0-9]) | (?![A-Za-z0-9])"), ""),
+        decoders.Replace(Regex(r"(?<![A-Za-z0-9]) | (?![A-Za-z0-9])" if spaced_words else " "), ""),
     ])
 
 
@@ -41,10 +44,12 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
         ValueError: if the vocabulary lacks [PAD], [UNK], [CLS] or [SEP].
     """
     path = Path(path)
-    if path.is_file():
-        tokenizer = BertTokenizerFast(vocab=str(path))
-    elif path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        tokenizer = BertTokenizerFast.from_pretrained(str(path))
+    if path.is_file() or (path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt"))):
+        tokenizer = _read_tokenizer(path)
+        n_file = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+        if tokenizer.mask_token is not None and tokenizer.mask_token_id >= n_file:
+            # A vocabulary without [MASK] (CDial-GPT's) would get one appended past the model's embedding.
+            tokenizer = _read_tokenizer(path, mask_token=None)
     elif path.is_dir():
         raise FileNotFoundError(
             f"{path} has no tokenizer: expected tokenizer.json or vocab.txt in it. "
@@ -55,13 +60,13 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     # BertTokenizerFast appends specials the file lacks as extra ids past the vocabulary, which
     # a model's embedding would not cover: require them in the file itself.
     n_file = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
-    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if vocab.get(t, n_file) >= n_file]
+    missing = [t for t in REQUIRED_TOKENS if vocab.get(t, n_file) >= n_file]
     if missing:
         raise ValueError(f"{path}: the vocabulary lacks {', '.join(missing)}; a BERT-style vocab.txt "
-                         "starts with [PAD] [UNK] [CLS] [SEP] [MASK], as the bundled vocab/vocab.txt does")
+                         "starts with [PAD] [UNK] [CLS] [SEP] [MASK] (see vocab/vocab.txt)")
     # Speaker markers are ordinary vocabulary lines; registering them keeps WordPiece from
     # splitting them if they ever appear in text.
-    extra = [t for t in ("[speaker1]", "[speaker2]") if t in vocab]
+    extra = [t for t in SPEAKER_TOKENS if t in vocab]
     if extra:
         tokenizer.add_special_tokens({"additional_special_tokens": extra})
     # BertTokenizerFast rebuilds BERT's spaced decoder on every load, whatever tokenizer.json holds.
@@ -69,10 +74,33 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     return tokenizer
 
 
+def split_characters(tokenizer: BertTokenizerFast) -> BertTokenizerFast:
+    """Make `tokenizer` read one token per character, dropping spaces, as CDial-GPT does
+    (its interact.py turns "hi 你好" into "h i 你 好"): Latin letters and digits become
+    characters of its vocabulary instead of [UNK] words. Changes `tokenizer` in place.
+    """
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex("."), "isolated")])
+    tokenizer.backend_tokenizer.decoder = readable_decoder(spaced_words=False)
+    return tokenizer
+
+
+def splits_characters(tokenizer: BertTokenizerFast) -> bool:
+    """Whether `split_characters` was applied."""
+    return "WhitespaceSplit" in str(tokenizer.backend_tokenizer.pre_tokenizer.__getstate__())
+
+
+def _read_tokenizer(path: Path, **kwargs) -> BertTokenizerFast:
+    if path.is_file():
+        return BertTokenizerFast(vocab=str(path), **kwargs)
+    return BertTokenizerFast.from_pretrained(str(path), **kwargs)
+
+
 def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:
-    """A short hash of the id→token table, to tell whether cached ids still match a tokenizer."""
+    """A short hash of the id→token table (and of character splitting, which changes the ids of the
+    same text), to tell whether cached ids still match a tokenizer."""
     vocab = tokenizer.get_vocab()
-    table = "\n".join(sorted(vocab, key=vocab.__getitem__))
+    table = "\n".join(sorted(vocab, key=vocab.__getitem__)) + ("\nsplit-characters" * splits_characters(tokenizer))
     return hashlib.sha256(table.encode("utf-8")).hexdigest()[:16]
 
 
@@ -86,7 +114,7 @@ def hidden_token_ids(tokenizer: BertTokenizerFast) -> set[int]:
     """Ids that decoding drops and sampling must never produce."""
     vocab = tokenizer.get_vocab()
     ids = set(tokenizer.all_special_ids)
-    ids.update(i for t, i in vocab.items() if t.startswith(_HIDDEN_PREFIXES) or t in ("[speaker1]", "[speaker2]"))
+    ids.update(i for t, i in vocab.items() if t.startswith(_HIDDEN_PREFIXES) or t in SPEAKER_TOKENS)
     return ids
 
 
@@ -96,9 +124,34 @@ def banned_token_ids(tokenizer: BertTokenizerFast) -> set[int]:
 
 
 def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None) -> str:
-    """Turn ids into the text a person would write (see `readable_decoder`), dropping hidden tokens.
+    """Turn ids into the text a person would write, with the tokenizer's own decoder (see
+    `readable_decoder`), dropping hidden tokens.
 
     `hidden` may pass a precomputed `hidden_token_ids(tokenizer)` for hot loops.
     """
     hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
     return tokenizer.backend_tokenizer.decode([int(i) for i in ids if int(i) not in hidden], skip_special_tokens=False)
+
+
+class TextStream:
+    """A reply's text as its token ids arrive, one at a time.
+
+    Decoding the whole reply each time (not token by token) lets `decode_ids` glue `##` pieces
+    and space English words; each decode only extends the previous one.
+    """
+
+    def __init__(self, tokenizer: BertTokenizerFast, hidden: set[int] | None = None):
+        """Args: as `decode_ids`."""
+        self._tokenizer = tokenizer
+        self._hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
+        self._ids: list[int] = []
+        self.text = ""
+
+    def add(self, token_id: int) -> str:
+        """Append one token; return the text it adds ("" for a hidden token)."""
+        self._ids.append(token_id)
+        new_text = decode_ids(self._tokenizer, self._ids, self._hidden)
+        assert new_text.startswith(self.text), "decode_ids must only append as tokens are added"
+        piece, self.text = new_text[len(self.text):], new_text
+        return piece
+

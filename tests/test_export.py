@@ -9,9 +9,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 import chatbot.bot
 from chatbot.bot import ChatBot
-from chatbot.modeling import save_model
+from chatbot.layout import CDIAL
+from chatbot.modeling import load_model, save_model
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import decode_ids
+from tests.test_public_checkpoints import CLS as CDIAL_CLS
+from tests.test_public_checkpoints import SPK1, SPK2, cdial_dir  # noqa: F401 (a fixture)
 
 CLS, SEP = 2, 3
 # A space next to a CJK character or full-width punctuation: what BERT's own decoder prints.
@@ -86,12 +89,25 @@ def test_model_card_says_what_the_folder_is(tiny_model, tokenizer, tmp_path):
     card = (save_model(tmp_path / "m", tiny_model, tokenizer, args, results) / "README.md").read_text(encoding="utf-8")
     for line in ["| training data | `corpus.txt` |", "| validation data | `valid.txt` |", "| optimizer steps | 120 |",
                  "| validation perplexity | 12.35 |", "| reply metrics (validation) | bleu_1 0.125, distinct_2 0.5 |",
-                 "GPT-2, 2 layers × 32 wide, 2 heads, 64 positions", "chatbot-chat --model",
+                 "gpt2, 2 layers × 32 wide, 2 heads, 64 positions", "chatbot-chat --model",
                  "AutoModelForCausalLM.from_pretrained"]:
         assert line in card
 
 
-@pytest.mark.parametrize("args, note", [({"speaker_ids": True}, "--speaker-ids"), ({"reverse": True}, "--reverse")])
+@pytest.mark.parametrize("args, note", [({"speaker_ids": True}, "--speaker-ids"), ({"reverse": True}, "--reverse`")])
 def test_model_card_warns_where_plain_generate_differs(tiny_model, tokenizer, tmp_path, args, note):
     card = (save_model(tmp_path / "m", tiny_model, tokenizer, args) / "README.md").read_text(encoding="utf-8")
-    assert f"Trained with `{note}`" in card and "| validation perplexity | not measured |" in card
+    assert f"Trained with `{note}" in card and "| validation perplexity | not measured |" in card
+
+
+def test_a_cdial_model_saved_by_us_keeps_its_layout_in_the_template_and_decoder(cdial_dir, tmp_path):
+    model, tokenizer, _ = load_model(cdial_dir)  # as fine-tuning it starts
+    folder = save_model(tmp_path / "m", model, tokenizer, {"layout": CDIAL, "max_len": 64})
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    messages = [{"role": "user", "content": "谢谢"}, {"role": "assistant", "content": "很好"},
+                {"role": "user", "content": "你好"}]
+    rendered = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    # The context test_chatting_with_a_cdial_folder_uses_its_layout sees ChatBot build.
+    assert rendered == [CDIAL_CLS, SPK1, 9, 9, SPK2, 8, 5, SPK1, 4, 5, SPK2]
+    ids = hf_tokenizer.encode("ab 你好", add_special_tokens=False)
+    assert hf_tokenizer.decode(ids) == decode_ids(tokenizer, ids) == "ab你好"  # one token per character
