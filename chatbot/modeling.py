@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
@@ -38,18 +39,39 @@ def load_gpt2_config(path: str | Path, tokenizer: BertTokenizerFast) -> GPT2Conf
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path} (see configs/ for examples)")
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a valid JSON model config: {e}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"{path} must hold a JSON object of GPT2Config fields, got {type(fields).__name__}")
+    fields = read_json_object(path, "model config", "of GPT2Config fields")
     fields = {k: v for k, v in fields.items() if not k.startswith("_")}  # "_comment" keys document the file
     fields.update(vocab_size=len(tokenizer), **special_ids(tokenizer))
-    config = GPT2Config(**fields)
-    if config.n_embd % config.n_head:
-        raise ValueError(f"{path}: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+    try:
+        config = GPT2Config(**fields)
+    except Exception as e:  # noqa: BLE001 - transformers 5 raises its own StrictDataclassFieldValidationError
+        raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
+    check_gpt2_config(config, path)
     return config
+
+
+_POSITIVE_INTS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+_PROBABILITIES = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def check_gpt2_config(config: GPT2Config, where: str | Path) -> None:
+    """Check the fields a model is built from, so that a bad value is named, not a crash deep in torch.
+
+    Raises:
+        ValueError: naming the file, the field, its value and what is allowed.
+    """
+    for name in _POSITIVE_INTS:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    if config.n_inner is not None and (not isinstance(config.n_inner, int) or config.n_inner < 1):
+        raise ValueError(f"{where}: n_inner must be a positive integer or null, got {config.n_inner!r}")
+    for name in _PROBABILITIES:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{where}: {name} must be a number in [0, 1], got {value!r}")
+    if config.n_embd % config.n_head:
+        raise ValueError(f"{where}: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
 
 
 def special_ids(tokenizer: BertTokenizerFast) -> dict[str, int]:
@@ -94,15 +116,68 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
 
     Raises:
         FileNotFoundError: if the folder is incomplete (see `check_model_dir`).
-        ValueError: if the tokenizer and the model's embedding disagree in size.
+        ValueError: if a file is damaged, a weight is not finite, or the tokenizer and the model's
+            embedding disagree in size.
     """
     path = check_model_dir(path)
     tokenizer = load_tokenizer(path)
-    model = GPT2LMHeadModel.from_pretrained(str(path), attn_implementation="sdpa", dtype=dtype)
+    model = load_weights(path, dtype=dtype)
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the run that wrote "
+                         "it diverged. Use an earlier checkpoint-N or best/ folder.")
     check_vocab_fits(model, tokenizer, where=str(path))
-    args_file = path / TRAINING_ARGS
-    training_args = json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {}
-    return model.to(device).eval(), tokenizer, training_args
+    return model.to(device).eval(), tokenizer, read_training_args(path)
+
+
+def load_weights(path: Path, dtype: torch.dtype | None = None) -> GPT2LMHeadModel:
+    """`GPT2LMHeadModel.from_pretrained`, with a damaged config or weights file named in the error.
+
+    Raises:
+        ValueError: naming the file and the cause (malformed JSON, bad field, truncated weights).
+    """
+    config_file = path / "config.json"
+    try:
+        config = GPT2Config.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - malformed JSON, a wrong type (StrictDataclassFieldValidationError), ...
+        raise ValueError(f"{config_file} is not a valid GPT-2 config ({' '.join(str(e).split())})") from None
+    check_gpt2_config(config, config_file)
+    weights = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), path)
+    try:
+        return GPT2LMHeadModel.from_pretrained(str(path), config=config, attn_implementation="sdpa", dtype=dtype)
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as e:
+        raise ValueError(f"{weights} could not be read ({first_line(e)}); it may be truncated or damaged: "
+                         "copy it again, or use another checkpoint") from None
+
+
+def read_training_args(path: Path) -> dict:
+    """training_args.json of a model folder, or {} for folders not written by chatbot-train."""
+    file = path / TRAINING_ARGS
+    return read_json_object(file, "training arguments file", "of training options") if file.is_file() else {}
+
+
+def read_json_object(path: Path, what: str, holding: str) -> dict:
+    """A JSON object read from `path`; a damaged file is named with the parser's reason.
+
+    Raises:
+        ValueError: if the file is not UTF-8 JSON or holds something other than an object.
+    """
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a valid JSON {what}: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} must hold a JSON object {holding}, got {type(fields).__name__}")
+    return fields
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters holding NaN or inf (a diverged run)."""
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
+def first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def context_limit(model: GPT2LMHeadModel, training_args: dict) -> int:
