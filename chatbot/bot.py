@@ -12,27 +12,42 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizerFast, GPT2LMHeadModel
+from transformers import BertTokenizerFast, PreTrainedModel
 
 from chatbot.distributed import resolve_device
-from chatbot.history import fit_turns, join_turns, speaker_type_ids
+from chatbot.history import fit_turns
+from chatbot.layout import (
+    CDIAL,
+    CHITCHAT,
+    EXTRA_TOKENS,
+    cdial_layout,
+    join_turns,
+    speaker_token_ids,
+    speaker_type_ids,
+)
 from chatbot.mmi import score_replies
-from chatbot.modeling import context_limit, load_model
+from chatbot.modeling import context_limit, dialogue_layout, load_model
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
 from chatbot.tokenization import (
     decode_ids,
     encode_texts,
     hidden_token_ids,
+    split_characters,
+    splits_characters,
     vocab_fingerprint,
 )
 
 log = logging.getLogger(__name__)
+_now = time.monotonic  # one clock for conversation ages; tests replace it
 
 
 def _inference_dtype(device: torch.device) -> torch.dtype | None:
@@ -45,16 +60,23 @@ def _inference_dtype(device: torch.device) -> torch.dtype | None:
 class _Model:
     """A loaded model with what generation needs to know about it."""
 
-    def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, training_args: dict):
+    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, training_args: dict):
         self.model = model
         self.max_len = context_limit(model, training_args)
+        self.layout = dialogue_layout(model.config.model_type, tokenizer, training_args)
         self.speaker_ids = None
-        if training_args.get("speaker_ids"):
-            ids = tokenizer.convert_tokens_to_ids(["[speaker1]", "[speaker2]"])
-            if tokenizer.unk_token_id in ids:
-                raise ValueError("the model was trained with speaker ids but its vocabulary lacks "
-                                 "[speaker1]/[speaker2]; use the tokenizer saved with the model")
-            self.speaker_ids = tuple(ids)
+        if self.layout == CDIAL or training_args.get("speaker_ids"):
+            self.speaker_ids = speaker_token_ids(tokenizer.get_vocab())
+
+    def context(self, turns: list[list[int]], *, cls_id: int, sep_id: int) -> tuple[list[int], list[int] | None, int | None]:
+        """(input ids, token_type_ids or None, the reply's token type id or None) asking for the next turn."""
+        ids = join_turns(turns, cls_id=cls_id, sep_id=sep_id)
+        if self.layout == CDIAL:
+            ids, types, _ = cdial_layout(ids, sep_id=sep_id, speaker_ids=self.speaker_ids, open_reply=True)
+            return ids.tolist(), types.tolist(), int(types[-1])
+        if self.speaker_ids:
+            return ids, *speaker_type_ids(ids, sep_id=sep_id, speaker_ids=self.speaker_ids)
+        return ids, None, None
 
 
 class ChatBot:
@@ -64,44 +86,69 @@ class ChatBot:
     history, and the model is only read.
     """
 
-    def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
-                 backward: tuple[GPT2LMHeadModel, dict] | None = None, max_history: int = 3,
-                 options: SamplingOptions = SamplingOptions()):
+    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
+                 backward: tuple[PreTrainedModel, dict] | None = None, max_history: int = 3,
+                 options: SamplingOptions = SamplingOptions(), max_conversations: int | None = 10_000,
+                 conversation_ttl: float | None = None, stream_timeout: float = 30.0):
         """Wrap loaded models; most callers want `from_pretrained`.
 
         Args:
             backward: (backward model, its training args) for MMI reranking, sharing `tokenizer`.
             max_history: turns the model sees, the new message included (>= 1).
             options: default sampling options; each call may override them.
+            max_conversations: `conversation(user_id)` keeps at most this many, forgetting the
+                least recently used first (None: no limit).
+            conversation_ttl: seconds after which a conversation not fetched by `conversation()`
+                is forgotten (None: never).
+            stream_timeout: seconds a reply stream may be left unread while another turn of the
+                same conversation waits, before that turn goes ahead.
         """
         if max_history < 1:
             raise ValueError(f"max_history must be >= 1 (it counts the message itself), got {max_history}")
+        for name, value in [("max_conversations", max_conversations), ("conversation_ttl", conversation_ttl),
+                            ("stream_timeout", stream_timeout)]:
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0{'' if name == 'stream_timeout' else ' or None'}, got {value}")
+        self.max_conversations, self.conversation_ttl = max_conversations, conversation_ttl
+        self.stream_timeout = stream_timeout
         self.tokenizer = tokenizer
         self.max_history = max_history
         self._forward = _Model(model, tokenizer, training_args or {})
+        if self._forward.layout == CDIAL:
+            split_characters(tokenizer)  # what CDial-GPT's models read (load_model already did it)
+        self._spaced_words = not splits_characters(tokenizer)
         self._backward = _Model(backward[0], tokenizer, backward[1]) if backward else None
+        if self._backward and self._backward.layout != CHITCHAT:
+            raise ValueError("MMI reranking reads candidates in the [CLS] u [SEP] layout; the backward model "
+                             f"given reads the {self._backward.layout} layout: train it with chatbot-train --reverse")
         self._hidden = hidden_token_ids(tokenizer)
         self._banned = self._hidden - {tokenizer.sep_token_id}
         self.options = self.resolve_options(options)
         self._default = Conversation(self)
-        self._conversations: dict[str, Conversation] = {}
+        self._conversations: OrderedDict[str, Conversation] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", *,
-                        mmi_model: str | Path | None = None, max_history: int = 3, **sampling) -> ChatBot:
-        """Load a model folder written by `chatbot-train`.
+                        mmi_model: str | Path | None = None, max_history: int = 3,
+                        max_conversations: int | None = 10_000, conversation_ttl: float | None = None,
+                        stream_timeout: float = 30.0, **sampling) -> ChatBot:
+        """Load a model folder written by `chatbot-train`, or a public checkpoint.
 
         Args:
-            path: the model folder (e.g. `model/final`).
+            path: the model folder (e.g. `model/final`) or a Hugging Face Hub id
+                (e.g. `thu-coai/CDial-GPT_LCCC-base`, `uer/gpt2-chinese-cluecorpussmall`).
             device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
-            mmi_model: a backward model folder (`chatbot-train --reverse`) to rerank candidates.
+            mmi_model: a backward model folder or Hub id (`chatbot-train --reverse`) to rerank candidates.
             max_history: turns the model sees, the new message included.
+            max_conversations, conversation_ttl, stream_timeout: see `ChatBot.__init__`.
             **sampling: default `SamplingOptions` fields, e.g. temperature=0.7, num_candidates=5.
 
         Raises:
-            FileNotFoundError: naming the folder, the missing files and how to make one.
-            ValueError: for a bad option or device, or an MMI model with another vocabulary.
+            FileNotFoundError: naming the folder, the missing files and how to make one, or why a
+                Hub id cannot be had.
+            ValueError: for a bad option or device, an unsupported model_type, or an MMI model
+                with another vocabulary.
         """
         options = SamplingOptions().replace(**sampling)  # fail on a bad option before loading
         device = resolve_device(device)
@@ -114,7 +161,8 @@ class ChatBot:
                                  "train both with the same --vocab")
             backward = (back_model, back_args)
         return cls(model, tokenizer, training_args=training_args, backward=backward,
-                   max_history=max_history, options=options)
+                   max_history=max_history, options=options, max_conversations=max_conversations,
+                   conversation_ttl=conversation_ttl, stream_timeout=stream_timeout)
 
     @property
     def device(self) -> torch.device:
@@ -158,9 +206,29 @@ class ChatBot:
         return self._default.history
 
     def conversation(self, user_id: str) -> Conversation:
-        """The conversation of `user_id`, created on first use; the same object every time."""
+        """The conversation of `user_id`, created on first use, the same object until it is
+        forgotten (see `max_conversations` and `conversation_ttl`)."""
         with self._lock:
-            return self._conversations.setdefault(user_id, Conversation(self))
+            conv = self._conversations.pop(user_id, None) or Conversation(self)
+            self._conversations[user_id] = conv
+            conv.last_used = _now()
+            self._forget_idle()
+            return conv
+
+    def _forget_idle(self) -> None:
+        """Drop the least recently used conversations beyond the limits; one replying stays."""
+        now = _now()
+        for _ in range(len(self._conversations)):
+            user_id, conv = next(iter(self._conversations.items()))
+            too_many = self.max_conversations is not None and len(self._conversations) > self.max_conversations
+            expired = self.conversation_ttl is not None and now - conv.last_used > self.conversation_ttl
+            if not (too_many or expired):
+                return
+            if conv.busy:  # in use, so not idle: count it as used now
+                conv.last_used = now
+                self._conversations.move_to_end(user_id)
+            else:
+                del self._conversations[user_id]
 
     def generate(self, text: str, history: list[str], *, seed: int | None = None, **changes) -> Iterator[str]:
         """Yield the reply to `text` after `history`, in pieces; touches no stored history.
@@ -170,29 +238,28 @@ class ChatBot:
         options = self.resolve_options(**changes)
         # Only the newest max_history turns can be used: the rest is not worth encoding.
         recent = encode_texts(self.tokenizer, [*history, text][-self.max_history:])
+        extra = EXTRA_TOKENS[self._forward.layout]
         turns, notice = fit_turns(recent, max_history=self.max_history,
-                                  max_len=self._forward.max_len - options.max_new_tokens)
+                                  max_len=self._forward.max_len - options.max_new_tokens - extra)
         if notice:
             log.warning(notice)
-        steps = self._generate_ids(join_turns(turns, cls_id=self.tokenizer.cls_token_id,
-                                              sep_id=self.tokenizer.sep_token_id), options, seed)
+        context = self._forward.context(turns, cls_id=self.tokenizer.cls_token_id, sep_id=self.tokenizer.sep_token_id)
+        steps = self._generate_ids(context, options, seed)
         if options.num_candidates == 1:
             yield from self._decode_stream(step[0] for step in steps)
         else:
             yield self._decode(self._rerank(steps, turns))
 
-    def _generate_ids(self, context: list[int], options: SamplingOptions, seed: int | None) -> Iterator[list[int]]:
-        types = reply_type = None
-        if self._forward.speaker_ids:
-            types, reply_type = speaker_type_ids(context, sep_id=self.tokenizer.sep_token_id,
-                                                 speaker_ids=self._forward.speaker_ids)
+    def _generate_ids(self, context: tuple[list[int], list[int] | None, int | None], options: SamplingOptions,
+                      seed: int | None) -> Iterator[list[int]]:
+        ids, types, reply_type = context
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        return generate_tokens(self._forward.model, context, eos_id=self.tokenizer.sep_token_id,
+        return generate_tokens(self._forward.model, ids, eos_id=self.tokenizer.sep_token_id,
                                banned_ids=self._banned, token_type_ids=types, reply_type_id=reply_type,
                                generator=generator, **asdict(options))
 
     def _decode(self, ids: list[int]) -> str:
-        return decode_ids(self.tokenizer, ids, self._hidden)
+        return decode_ids(self.tokenizer, ids, self._hidden, spaced_words=self._spaced_words)
 
     def _decode_stream(self, token_ids: Iterator[int]) -> Iterator[str]:
         """Yield text as it grows. Decoding the whole reply each time (not token by token) lets
@@ -222,18 +289,34 @@ class ChatBot:
 
 
 class Conversation:
-    """One user's history. Turns of one conversation run one at a time, in order."""
+    """One user's history. Turns of one conversation run one at a time, in order.
+
+    A reply holds the conversation's turn from its first piece until it ends, is closed or is
+    garbage-collected. A stream that is kept but no longer read holds it only while nobody else
+    waits: once another turn has waited `ChatBot.stream_timeout` seconds on it, that turn goes
+    ahead, and the stale stream raises `RuntimeError` if it is read again.
+    """
 
     def __init__(self, bot: ChatBot):
         self._bot = bot
         self._turns: list[str] = []
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._holder: object | None = None  # the token of the turn in progress
+        self._paused_at: float | None = None  # when the holder last handed out a piece, unread since
+        self.last_used = _now()
 
     @property
     def history(self) -> list[str]:
-        """The turns so far, oldest first: message, reply, message, reply, ..."""
-        with self._lock:
+        """The turns kept, oldest first: message, reply, ... Only the newest `max_history + 1`
+        are kept: those the model sees with the next message, and those a retry needs."""
+        with self._cond:
             return list(self._turns)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a turn is in progress."""
+        with self._cond:
+            return self._holder is not None
 
     def reply(self, text: str, **options) -> str:
         """Answer `text` and remember the exchange (same options as `ChatBot.reply`)."""
@@ -242,23 +325,66 @@ class Conversation:
     def stream(self, text: str, **options) -> Iterator[str]:
         """Yield the reply in pieces. The exchange is remembered only once the reply is complete,
         so an interrupted reply (Ctrl-C, or the caller stopping early) leaves no trace."""
-        with self._lock:
+        with self._turn() as token:
             pieces = []
-            for piece in self._bot.generate(text, self._turns, **options):
+            for piece in self._bot.generate(text, list(self._turns), **options):
                 pieces.append(piece)
+                self._pause(token)
                 yield piece
-            self._turns += [text, "".join(pieces)]
+                self._resume(token)
+            keep = self._bot.max_history + 1
+            with self._cond:
+                self._turns = [*self._turns, text, "".join(pieces)][-keep:]
 
     def reset(self) -> None:
         """Forget the history."""
-        with self._lock:
-            self._turns.clear()
+        with self._turn():
+            self._turns = []
 
     def undo(self) -> str | None:
         """Drop the last exchange and return its message (None if there is none), e.g. to retry it."""
-        with self._lock:
+        with self._turn():
             if not self._turns:
                 return None
             text = self._turns[-2]
-            del self._turns[-2:]
+            self._turns = self._turns[:-2]
             return text
+
+    @contextmanager
+    def _turn(self) -> Iterator[object]:
+        """Wait for the turn in progress to end, or to leave its stream unread too long; then hold it."""
+        token = object()
+        timeout = self._bot.stream_timeout
+        with self._cond:
+            while self._holder is not None:
+                if self._paused_at is None:  # the holder is generating: it notifies when it pauses or ends
+                    self._cond.wait()
+                    continue
+                left = timeout - (_now() - self._paused_at)
+                if left <= 0:
+                    log.warning("a reply stream was left unread for %.0f s while a new turn waited; "
+                                "the new turn goes ahead (close() streams you stop reading)", timeout)
+                    break
+                self._cond.wait(left)
+            self._holder, self._paused_at = token, None
+        try:
+            yield token
+        finally:
+            with self._cond:
+                if self._holder is token:
+                    self._holder, self._paused_at = None, None
+                    self._cond.notify_all()
+
+    def _pause(self, token: object) -> None:
+        with self._cond:
+            if self._holder is token:
+                self._paused_at = _now()
+                self._cond.notify_all()
+
+    def _resume(self, token: object) -> None:
+        with self._cond:
+            if self._holder is not token:
+                raise RuntimeError(f"this reply stream was left unread for more than {self._bot.stream_timeout} s "
+                                   "while another turn of the conversation waited, so that turn went ahead; "
+                                   "read streams to the end or close() them")
+            self._paused_at = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import sys
 import traceback
 import typing
@@ -79,8 +80,8 @@ def _add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--vocab", default="vocab/vocab.txt",
                        help="BERT vocab.txt to tokenize with (default: the shipped vocab/vocab.txt)")
-    group.add_argument("--tokenizer", metavar="DIR",
-                       help="a folder with tokenizer files instead, e.g. a pretrained model you will fine-tune")
+    group.add_argument("--tokenizer", metavar="DIR|ID",
+                       help="a folder with tokenizer files instead, or the model folder or Hub id you will fine-tune")
 
 
 def preprocess_main(argv: list[str] | None = None) -> int:
@@ -116,17 +117,23 @@ def preprocess_main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         from chatbot.fileio import check_output_dir
+        from chatbot.layout import CHITCHAT, EXTRA_TOKENS
+        from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import is_encoded_dataset, preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
         check_output_dir(args.output, is_ours=is_encoded_dataset, overwrite=args.overwrite,
                          what="chatbot-preprocess output", flag="--output")
-        tokenizer_path = args.tokenizer or args.vocab
+        layout = CHITCHAT
         if args.vocab_out:
-            tokenizer_path = _build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split)
-        tokenizer = load_tokenizer(tokenizer_path)
-        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len, format=args.format,
+            tokenizer = load_tokenizer(_build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split))
+        elif args.tokenizer:
+            tokenizer, layout = load_model_tokenizer(args.tokenizer)  # reads text as that model does
+        else:
+            tokenizer = load_tokenizer(args.vocab)
+        # Stored examples leave room for what the model's layout adds, so --max-len is what it sees.
+        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len - EXTRA_TOKENS[layout], format=args.format,
                           split=args.split, skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
         if not args.quiet:
             print_preprocess_summary(meta, args.output)
@@ -221,8 +228,9 @@ def chat_parser() -> argparse.ArgumentParser:
         prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
         "message per line and print one reply per line (no prompts, no colour).")
     add = p.add_argument
-    add("--model", metavar="DIR", default="model/final",
-        help="model folder written by chatbot-train (default: %(default)s)")
+    add("--model", metavar="DIR|ID", default="model/final",
+        help="model folder written by chatbot-train, or a Hugging Face Hub id such as thu-coai/CDial-GPT_LCCC-base "
+             "(default: %(default)s)")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
     add("--temperature", metavar="T", type=_option_type("temperature", float), default=d.temperature,
         help="sampling temperature; 0 = always the most likely token (default: %(default)s)")
@@ -244,13 +252,14 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--max-history", metavar="N", type=positive_int, default=3,
         help="turns the model sees, your new message included (default: %(default)s)")
     add("--seed", metavar="N", type=int, default=None, help="make replies reproducible (reply i uses seed + i)")
-    add("--mmi-model", metavar="DIR", default=None,
-        help="backward model folder (chatbot-train --reverse) that picks the best of --candidates")
+    add("--mmi-model", metavar="DIR|ID", default=None,
+        help="backward model folder or Hub id (chatbot-train --reverse) that picks the best of --candidates")
     add("--candidates", metavar="N", dest="num_candidates", type=_option_type("num_candidates", int),
         default=d.num_candidates,
         help="replies sampled per message in one batch; > 1 needs --mmi-model (default: %(default)s)")
-    add("--log-dir", metavar="DIR", default="chat_logs",
-        help="where the transcript is saved on exit (default: %(default)s)")
+    add("--log-dir", metavar="DIR", default=None,
+        help="folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/transcripts, else "
+             "~/.local/share/chatbot/transcripts; a piped chat saves one only when this is given)")
     add("--no-transcript", action="store_true", help="do not save a transcript on exit")
     add("--history-file", metavar="FILE", default=str(Path.home() / ".chatbot_history"),
         help="keeps the lines you type, for Up-arrow recall across sessions (default: %(default)s)")
@@ -269,7 +278,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _chat(args), args.debug)
 
 
-def _chat(args: argparse.Namespace) -> None:
+def _chat(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and flag errors answer without loading torch.
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -277,24 +286,61 @@ def _chat(args: argparse.Namespace) -> None:
     from chatbot.bot import ChatBot
     from chatbot.repl import Session, prompt_reader, run_piped, run_repl
 
+    log_dir, autosave = _transcript_plan(args)  # before loading: a bad --log-dir fails at once
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
     options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__}
     bot = ChatBot.from_pretrained(args.model, args.device, mmi_model=args.mmi_model,
                                   max_history=args.max_history, **options)
-    session = Session(bot, model_name=str(args.model), log_dir=Path(args.log_dir), seed=args.seed)
+    session = Session(bot, model_name=str(args.model), log_dir=log_dir, seed=args.seed)
+    saved = True
     try:
         if sys.stdin.isatty():
             run_repl(session, prompt_reader(args.history_file), Console())
         else:
             run_piped(session, sys.stdin, sys.stdout)
     finally:
-        if session.transcript and not args.no_transcript:
-            print(f"transcript saved to {session.save(session.default_path())}", file=sys.stderr)
+        if autosave and session.transcript:
+            saved = _save_transcript(session)
+    return 0 if saved else EXIT_USAGE
+
+
+def _transcript_plan(args: argparse.Namespace) -> tuple[Path, bool]:
+    """(transcript folder, save on exit?). A terminal chat saves into the per-user data folder unless
+    told otherwise; a piped one only into an explicit --log-dir (its stdout already is the record)."""
+    from chatbot.repl import default_transcript_dir
+
+    log_dir = Path(args.log_dir).expanduser() if args.log_dir else default_transcript_dir()
+    autosave = not args.no_transcript and (args.log_dir is not None or sys.stdin.isatty())
+    if autosave:
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(log_dir, os.W_OK | os.X_OK):
+                raise PermissionError(f"{log_dir} is not writable")
+        except OSError as e:
+            if args.log_dir:
+                raise ValueError(f"--log-dir {log_dir}: cannot write transcripts there ({e}); "
+                                 "choose another folder or pass --no-transcript") from None
+            print(f"warning: cannot write transcripts to {log_dir} ({e}); this chat will not be saved "
+                  "(--log-dir DIR saves it elsewhere)", file=sys.stderr)
+            autosave = False
+    return log_dir, autosave
+
+
+def _save_transcript(session) -> bool:
+    from chatbot.repl import printable
+
+    try:
+        path = session.save()
+    except OSError as e:
+        print(f"error: could not save the transcript: {printable(str(e))}", file=sys.stderr)
+        return False
+    print(f"transcript saved to {printable(str(path))}", file=sys.stderr)
+    return True
 
 
 def eval_parser() -> argparse.ArgumentParser:
     from chatbot.corpus import FORMATS
-    from chatbot.data import LOSS_ON
+    from chatbot.layout import LOSS_ON
 
     p = argparse.ArgumentParser(
         prog="chatbot-eval",
@@ -302,7 +348,7 @@ def eval_parser() -> argparse.ArgumentParser:
                     "and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference "
                     "for a reply generated from the turns before it.")
     add = p.add_argument
-    add("--model", metavar="DIR", default="model/final", help="model folder (default: %(default)s)")
+    add("--model", metavar="DIR|ID", default="model/final", help="model folder or Hub id (default: %(default)s)")
     add("--data", metavar="PATH", default="data/valid.txt",
         help="corpus file or chatbot-preprocess folder (default: %(default)s)")
     add("--format", choices=FORMATS, default="auto", help="corpus format (default: auto)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatbot.corpus import FORMATS
-from chatbot.data import LOSS_ON
+from chatbot.layout import LOSS_ON, SPEAKER_TOKENS
 
 
 def opt(default, help: str, **metadata):
@@ -34,11 +34,12 @@ class TrainConfig:
     max_len: int | None = opt(None, "tokens per training example (default: min(256, the model's n_positions))")
     loss_on: str = opt("all", "tokens that carry loss: all, replies (every turn but the first), last (final turn)",
                        choices=LOSS_ON)
-    speaker_ids: bool = opt(False, "add [speaker1]/[speaker2] token_type_ids alternating by turn")
+    speaker_ids: bool = opt(False, f"add {'/'.join(SPEAKER_TOKENS)} token_type_ids alternating by turn")
     reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
     # model
     config: str = opt("configs/tiny.json", "GPT2Config JSON for a model trained from scratch")
-    pretrained: str | None = opt(None, "fine-tune this local Hugging Face GPT-2 folder (its tokenizer is used)")
+    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 (uer/gpt2-chinese-*) "
+                                       "or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own layout; its tokenizer is used")
     vocab: str = opt("vocab/vocab.txt", "vocab.txt for a model trained from scratch")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",

@@ -128,9 +128,9 @@ def _nan_weights(path):
 @pytest.mark.parametrize("file, damage, message", [
     ("model.safetensors", _truncate, "model.safetensors could not be read (Error while deserializing header"),
     ("model.safetensors", _nan_weights, "weight tensors hold NaN or inf"),
-    ("config.json", lambda p: p.write_text('{"n_layer": 2,'), "config.json is not a valid GPT-2 config"),
+    ("config.json", lambda p: p.write_text('{"n_layer": 2,'), "config.json is not a valid JSON model config"),
     ("config.json", lambda p: p.write_text(p.read_text().replace('"n_layer": 2', '"n_layer": "two"')),
-     "config.json is not a valid GPT-2 config"),
+     "config.json is not a valid gpt2 config (Validation error for field 'n_layer'"),
     ("config.json", lambda p: p.write_text(p.read_text().replace('"n_layer": 2', '"n_layer": -1')),
      "config.json: n_layer must be a positive integer, got -1"),
     ("training_args.json", lambda p: p.write_text("{"), "training_args.json is not a valid JSON training arguments"),
