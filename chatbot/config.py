@@ -1,23 +1,25 @@
-"""Training options: one dataclass of commented defaults, checked as a whole before any work.
+"""Every command's options: dataclasses of commented defaults, checked as a whole before any work.
 
-`chatbot-train` builds one flag per field (`--batch-size` for `batch_size`) with the field's
-help text, so this file is the single place a default lives.
+`chatbot.flags` builds one flag per field (`--batch-size` for `batch_size`) with the field's help
+text, so this file (with `chatbot.options` for sampling) is the single place a default lives.
+No torch here: `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from chatbot.corpus import FORMATS
+from chatbot.flags import opt, positive_int
 from chatbot.layout import LOSS_ON, SPEAKER_TOKENS
 
-
-def opt(default, help: str, **metadata):
-    return field(default=default, metadata={"help": help, **metadata})
+REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,12 @@ class TrainConfig:
     resume: str | None = opt(None, "'auto' (newest checkpoint in --output-dir) or a checkpoint folder",
                              metavar="auto|PATH")
     eval_generate: int = opt(0, "after training, generate replies for N validation dialogues and log BLEU/Distinct")
+    report_to: str = opt("none", "also log metrics to TensorBoard (output_dir/runs) or Weights & Biases "
+                                 "(metrics.jsonl is always written)", choices=tuple(REPORT_TO))
     quiet: bool = opt(False, "no progress bar or tables")
+
+    # Keys a run records in training_args.json beside its options; a config file may hold them.
+    derived_keys: ClassVar[tuple[str, ...]] = ("source", "valid_ppl")
 
     def __post_init__(self):
         checks = [
@@ -98,6 +105,11 @@ class TrainConfig:
             raise ValueError("give either --valid or --valid-ratio, not both")
         if self.format == "text" and self.loss_on != "all":
             raise ValueError("--format text has no turns: use --loss-on all")
+        package = REPORT_TO[self.report_to]
+        if package and importlib.util.find_spec(package) is None:
+            extra = "pip install 'chatbot[tensorboard]'" if package == "tensorboard" else "pip install wandb"
+            raise ValueError(f"--report-to {self.report_to} needs the {package} package, which is not installed; "
+                             f"{extra}, or use --report-to none")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
