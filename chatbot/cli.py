@@ -10,11 +10,12 @@ import argparse
 import dataclasses
 import os
 import sys
-import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from chatbot.options import SamplingOptions, check_options
+from chatbot.config import ChatConfig, EvalConfig, PreprocessConfig, TrainConfig
+from chatbot.flags import build_parser, parse_options
+from chatbot.options import SamplingOptions
 
 EXIT_USAGE = 2
 
@@ -31,66 +32,25 @@ def run_command(fn: Callable[[], int | None]) -> int:
         return 130
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts: the message names the value and the allowed range."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--vocab", default="vocab/vocab.txt",
-                       help="BERT vocab.txt to tokenize with (default: the shipped vocab/vocab.txt)")
-    group.add_argument("--tokenizer", metavar="DIR",
-                       help="a folder with tokenizer files instead, e.g. a pretrained model you will fine-tune")
-
-
 def preprocess_main(argv: list[str] | None = None) -> int:
     """chatbot-preprocess: encode dialogue corpora into a memory-mapped token store."""
-    from chatbot.corpus import FORMATS
-
-    parser = argparse.ArgumentParser(
-        prog="chatbot-preprocess",
-        description="Encode corpora into [CLS] u1 [SEP] u2 [SEP] ... id sequences, stored compactly for training.")
-    parser.add_argument("corpus", nargs="+", help="corpus files (txt, LCCC json, jsonl or plain text)")
-    parser.add_argument("--output", "-o", required=True, help="folder to write tokens.bin, offsets.npy, meta.json into")
-    parser.add_argument("--format", choices=FORMATS, default="auto",
-                        help="corpus format; auto picks by extension and first line (text is never guessed)")
-    parser.add_argument("--split", help="LCCC split to read: train, valid or test (default: train)")
-    _add_tokenizer_flags(parser)
-    parser.add_argument("--vocab-out", metavar="FILE",
-                        help="first build a vocabulary from the corpora (specials + every character seen "
-                             "--min-freq times), write it here and encode with it")
-    parser.add_argument("--min-freq", type=positive_int, default=1,
-                        help="with --vocab-out: keep characters seen at least this often (default 1)")
-    parser.add_argument("--max-len", type=positive_int, default=256,
-                        help="tokens per example; longer dialogues are split at turn boundaries (default 256)")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="encoding processes (default 1: the Rust tokenizer already uses every core)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable records instead of stopping")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
-    args = parser.parse_args(argv)
-    if args.max_len < 4:
-        parser.error(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {args.max_len}")
+    parser = build_parser(
+        "chatbot-preprocess", "Encode corpora into [CLS] u1 [SEP] u2 [SEP] ... id sequences, stored compactly "
+        "for training.", PreprocessConfig)
+    (cfg,) = parse_options(parser, argv, PreprocessConfig)
 
     def body() -> None:
         from chatbot.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
-        tokenizer_path = args.tokenizer or args.vocab
-        if args.vocab_out:
-            tokenizer_path = _build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split)
-        tokenizer = load_tokenizer(tokenizer_path)
-        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len, format=args.format,
-                          split=args.split, skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
-        if not args.quiet:
-            print_preprocess_summary(meta, args.output)
+        if cfg.vocab_out:
+            _build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split)
+        tokenizer = load_tokenizer(cfg.tokenizer_path())
+        meta = preprocess(cfg.corpus, cfg.output, tokenizer, max_len=cfg.max_len, format=cfg.format,
+                          split=cfg.split, skip_bad=cfg.skip_bad, workers=cfg.workers, progress=not cfg.quiet)
+        if not cfg.quiet:
+            print_preprocess_summary(meta, cfg.output)
 
     return run_command(body)
 
@@ -105,40 +65,17 @@ def _build_vocab(corpora, output, min_freq, format, split) -> str:
     return output
 
 
-def _config_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    """One flag per dataclass field (`batch_size` -> `--batch-size`), with the field's help and default."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        shown = f.metadata["help"]
-        if f.default not in (None, False) and "default" not in shown:
-            shown += f" (default: {f.default})"
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=shown)
-            continue
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        metavar = None if "choices" in f.metadata else {int: "N", float: "X"}.get(base, "PATH")
-        parser.add_argument(flag, type=base, default=f.default, help=shown,
-                            choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar", metavar))
-    return parser
+def train_parser() -> argparse.ArgumentParser:
+    return build_parser(
+        "chatbot-train", "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained folder). "
+        "With no arguments: configs/tiny.json on data/train.txt into model/. Several GPUs: "
+        "torchrun --nproc_per_node N --no-python chatbot-train ...", TrainConfig,
+        epilog="Re-run a training: chatbot-train --config-file model/final/training_args.json --output-dir DIR")
 
 
 def train_main(argv: list[str] | None = None) -> int:
     """chatbot-train: train or fine-tune a GPT-2 on dialogues."""
-    from chatbot.config import TrainConfig
-
-    parser = _config_parser(
-        TrainConfig, "chatbot-train",
-        "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained folder). "
-        "With no arguments: configs/tiny.json on data/train.txt into model/. "
-        "Several GPUs: torchrun --nproc_per_node N --no-python chatbot-train ...")
-    args = parser.parse_args(argv)
-    try:
-        cfg = TrainConfig(**vars(args))
-    except ValueError as e:  # checked before any work starts, reported like argparse's own errors
-        parser.error(str(e))
+    (cfg,) = parse_options(train_parser(), argv, TrainConfig)
 
     def body() -> int:
         from chatbot.train import train
@@ -156,79 +93,26 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-def _option_type(name: str, kind: type) -> Callable[[str], int | float]:
-    """argparse type for a sampling option, checked against the range `chatbot.options` allows."""
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        try:
-            check_options(**{name: value})
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        return value
-
-    return parse
-
-
 def chat_parser() -> argparse.ArgumentParser:
-    d = SamplingOptions()
-    p = argparse.ArgumentParser(
-        prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
-        "message per line and print one reply per line (no prompts, no colour).")
-    add = p.add_argument
-    add("--model", metavar="DIR", default="model/final",
-        help="model folder written by chatbot-train (default: %(default)s)")
-    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
-    add("--temperature", metavar="T", type=_option_type("temperature", float), default=d.temperature,
-        help="sampling temperature; 0 = always the most likely token (default: %(default)s)")
-    add("--top-k", metavar="K", type=_option_type("top_k", int), default=d.top_k,
-        help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
-    add("--top-p", metavar="P", type=_option_type("top_p", float), default=d.top_p,
-        help="nucleus sampling: the fewest tokens reaching this probability; 1 = off (default: %(default)s)")
-    add("--repetition-penalty", metavar="X", type=_option_type("repetition_penalty", float),
-        default=d.repetition_penalty, help="> 1 makes repeated tokens less likely (default: %(default)s)")
-    add("--penalize-context", action="store_true",
-        help="apply the repetition penalty to the conversation's tokens too, not only the reply's")
-    add("--no-repeat-ngram", metavar="N", dest="no_repeat_ngram_size", default=d.no_repeat_ngram_size,
-        type=_option_type("no_repeat_ngram_size", int),
-        help="never repeat an n-gram of this size within a reply; 0 = off (default: %(default)s)")
-    add("--min-len", metavar="N", dest="min_new_tokens", type=_option_type("min_new_tokens", int),
-        default=d.min_new_tokens, help="shortest reply, in tokens (default: %(default)s)")
-    add("--max-len", metavar="N", dest="max_new_tokens", type=_option_type("max_new_tokens", int),
-        default=d.max_new_tokens, help="longest reply, in tokens (default: %(default)s)")
-    add("--max-history", metavar="N", type=positive_int, default=3,
-        help="turns the model sees, your new message included (default: %(default)s)")
-    add("--seed", metavar="N", type=int, default=None, help="make replies reproducible (reply i uses seed + i)")
-    add("--mmi-model", metavar="DIR", default=None,
-        help="backward model folder (chatbot-train --reverse) that picks the best of --candidates")
-    add("--candidates", metavar="N", dest="num_candidates", type=_option_type("num_candidates", int),
-        default=d.num_candidates,
-        help="replies sampled per message in one batch; > 1 needs --mmi-model (default: %(default)s)")
-    add("--log-dir", metavar="DIR", default=None,
-        help="folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/transcripts, else "
-             "~/.local/share/chatbot/transcripts; a piped chat saves one only when this is given)")
-    add("--no-transcript", action="store_true", help="do not save a transcript on exit")
-    add("--history-file", metavar="FILE", default=str(Path.home() / ".chatbot_history"),
-        help="keeps the lines you type, for Up-arrow recall across sessions (default: %(default)s)")
-    return p
+    return build_parser(
+        "chatbot-chat", "Chat with a trained model. With stdin not a terminal, read one message per line and "
+        "print one reply per line (no prompts, no colour).", ChatConfig, SamplingOptions)
+
+
+def _check_candidates(parser: argparse.ArgumentParser, options: SamplingOptions, mmi_model: str | None) -> None:
+    if options.num_candidates > 1 and mmi_model is None:
+        parser.error(f"--candidates {options.num_candidates} needs --mmi-model DIR to choose between candidates")
 
 
 def chat_main(argv: list[str] | None = None) -> int:
     """`chatbot-chat`: talk with a model in the terminal, or answer piped lines."""
     parser = chat_parser()
-    args = parser.parse_args(argv)
-    if args.min_new_tokens > args.max_new_tokens:
-        parser.error(f"--min-len ({args.min_new_tokens}) must be <= --max-len ({args.max_new_tokens})")
-    if args.num_candidates > 1 and args.mmi_model is None:
-        parser.error(f"--candidates {args.num_candidates} needs --mmi-model DIR to choose between candidates")
-    return run_command(lambda: _chat(args))
+    cfg, options = parse_options(parser, argv, ChatConfig, SamplingOptions)
+    _check_candidates(parser, options, cfg.mmi_model)
+    return run_command(lambda: _chat(cfg, options))
 
 
-def _chat(args: argparse.Namespace) -> int:
+def _chat(cfg: ChatConfig, options: SamplingOptions) -> int:
     # Imported here so that `--help` and flag errors answer without loading torch.
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -236,16 +120,15 @@ def _chat(args: argparse.Namespace) -> int:
     from chatbot.bot import ChatBot
     from chatbot.repl import Session, prompt_reader, run_piped, run_repl
 
-    log_dir, autosave = _transcript_plan(args)  # before loading: a bad --log-dir fails at once
+    log_dir, autosave = _transcript_plan(cfg.log_dir, cfg.transcript)  # before loading: a bad --log-dir fails at once
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
-    options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__}
-    bot = ChatBot.from_pretrained(args.model, args.device, mmi_model=args.mmi_model,
-                                  max_history=args.max_history, **options)
-    session = Session(bot, model_name=str(args.model), log_dir=log_dir, seed=args.seed)
+    bot = ChatBot.from_pretrained(cfg.model, cfg.device, mmi_model=cfg.mmi_model, max_history=cfg.max_history,
+                                  **dataclasses.asdict(options))
+    session = Session(bot, model_name=str(cfg.model), log_dir=log_dir, seed=cfg.seed)
     saved = True
     try:
         if sys.stdin.isatty():
-            run_repl(session, prompt_reader(args.history_file), Console())
+            run_repl(session, prompt_reader(cfg.history_file), Console())
         else:
             run_piped(session, sys.stdin, sys.stdout)
     finally:
@@ -254,20 +137,20 @@ def _chat(args: argparse.Namespace) -> int:
     return 0 if saved else EXIT_USAGE
 
 
-def _transcript_plan(args: argparse.Namespace) -> tuple[Path, bool]:
+def _transcript_plan(given_dir: str | None, transcript: bool) -> tuple[Path, bool]:
     """(transcript folder, save on exit?). A terminal chat saves into the per-user data folder unless
     told otherwise; a piped one only into an explicit --log-dir (its stdout already is the record)."""
     from chatbot.repl import default_transcript_dir
 
-    log_dir = Path(args.log_dir).expanduser() if args.log_dir else default_transcript_dir()
-    autosave = not args.no_transcript and (args.log_dir is not None or sys.stdin.isatty())
+    log_dir = Path(given_dir).expanduser() if given_dir else default_transcript_dir()
+    autosave = transcript and (given_dir is not None or sys.stdin.isatty())
     if autosave:
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
             if not os.access(log_dir, os.W_OK | os.X_OK):
                 raise PermissionError(f"{log_dir} is not writable")
         except OSError as e:
-            if args.log_dir:
+            if given_dir:
                 raise ValueError(f"--log-dir {log_dir}: cannot write transcripts there ({e}); "
                                  "choose another folder or pass --no-transcript") from None
             print(f"warning: cannot write transcripts to {log_dir} ({e}); this chat will not be saved "
@@ -289,43 +172,19 @@ def _save_transcript(session) -> bool:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    from chatbot.corpus import FORMATS
-    from chatbot.layout import LOSS_ON
-
-    p = argparse.ArgumentParser(
-        prog="chatbot-eval",
-        description="Perplexity and reply metrics (BLEU-1/2/4 on characters, Distinct-1/2, reply length, empty "
-                    "and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference "
-                    "for a reply generated from the turns before it.")
-    add = p.add_argument
-    add("--model", metavar="DIR", default="model/final", help="model folder (default: %(default)s)")
-    add("--data", metavar="PATH", default="data/valid.txt",
-        help="corpus file or chatbot-preprocess folder (default: %(default)s)")
-    add("--format", choices=FORMATS, default="auto", help="corpus format (default: auto)")
-    add("--split", metavar="NAME", help="LCCC split to read")
-    add("--skip-bad", action="store_true", help="skip unreadable corpus records instead of stopping")
-    add("--loss-on", choices=LOSS_ON, help="tokens scored for perplexity (default: what the model was trained on)")
-    add("--batch-size", metavar="N", type=positive_int, default=16, help="examples per forward pass (default: 16)")
-    add("--num-samples", metavar="N", type=positive_int, help="evaluate a seeded random subset of N examples")
-    add("--seed", metavar="N", type=int, default=42, help="subset and sampling seed (default: 42)")
-    add("--greedy", action="store_true", help="also generate greedily and report both")
-    add("--no-generate", action="store_true", help="perplexity only")
-    add("--temperature", metavar="T", type=_option_type("temperature", float), help="(default: 0.7, as CDial-GPT)")
-    add("--top-p", metavar="P", type=_option_type("top_p", float), help="(default: 0.9, as CDial-GPT)")
-    add("--top-k", metavar="K", type=_option_type("top_k", int), help="(default: 0 = off)")
-    add("--max-len", metavar="N", dest="max_new_tokens", type=_option_type("max_new_tokens", int),
-        help="longest reply in tokens (default: 25)")
-    add("--max-history", metavar="N", type=positive_int, default=3, help="turns the model sees (default: 3)")
-    add("--examples", metavar="N", type=int, default=3, help="side-by-side samples to print (default: 3)")
-    add("--output", metavar="FILE", help="write the full report (metrics and every sample) as JSON")
-    add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    add("--quiet", action="store_true", help="no progress bars, table or samples")
-    return p
+    return build_parser(
+        "chatbot-eval", "Perplexity and reply metrics (BLEU-1/2/4 on characters, Distinct-1/2, reply length, "
+        "empty and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference for a "
+        "reply generated from the turns before it, with the sampling options chatbot-chat uses.",
+        EvalConfig, SamplingOptions,
+        epilog="CDial-GPT's evaluation setting: --temperature 0.7 --top-p 0.9 --top-k 0")
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     """chatbot-eval: score a model on a corpus."""
-    args = eval_parser().parse_args(argv)
+    parser = eval_parser()
+    cfg, options = parse_options(parser, argv, EvalConfig, SamplingOptions)
+    _check_candidates(parser, options, None)
 
     def body() -> None:
         import json
@@ -334,16 +193,14 @@ def eval_main(argv: list[str] | None = None) -> int:
         from chatbot.reports import print_eval_report
 
         _quiet_transformers()
-        sampling = {k: v for k in ("temperature", "top_p", "top_k", "max_new_tokens")
-                    if (v := getattr(args, k)) is not None}
-        report = evaluate_model(args.model, args.data, format=args.format, split=args.split,
-                                skip_bad=args.skip_bad, loss_on=args.loss_on, batch_size=args.batch_size,
-                                num_samples=args.num_samples, seed=args.seed, sampling=sampling,
-                                greedy=args.greedy, max_history=args.max_history, device=args.device,
-                                generate=not args.no_generate, progress=not args.quiet)
-        if args.output:
-            Path(args.output).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-        if not args.quiet:
-            print_eval_report(report, args.examples)
+        report = evaluate_model(cfg.model, cfg.data, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
+                                loss_on=cfg.loss_on, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
+                                seed=cfg.seed, sampling=dataclasses.asdict(options), greedy=cfg.greedy,
+                                max_history=cfg.max_history, device=cfg.device, generate=cfg.generate,
+                                progress=not cfg.quiet)
+        if cfg.output:
+            Path(cfg.output).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        if not cfg.quiet:
+            print_eval_report(report, cfg.examples)
 
     return run_command(body)

@@ -116,3 +116,75 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    corpus: list[str] = opt(help="corpus files (txt, LCCC json, jsonl or plain text)", positional=True,
+                            metavar="CORPUS")
+    output: str = opt(help="folder to write tokens.bin, offsets.npy, meta.json into", short="-o", metavar="DIR")
+    format: str = opt("auto", "corpus format; auto picks by extension and first line (text is never guessed)",
+                      choices=FORMATS)
+    split: str | None = opt(None, "LCCC split to read: train, valid or test (default: train)", metavar="NAME")
+    vocab: str | None = opt(None, "BERT vocab.txt to tokenize with (default: the shipped vocab/vocab.txt)",
+                            metavar="FILE")
+    tokenizer: str | None = opt(None, "a folder with tokenizer files instead of --vocab, e.g. a pretrained model "
+                                      "you will fine-tune", metavar="DIR")
+    vocab_out: str | None = opt(None, "first build a vocabulary from the corpora (specials + every character seen "
+                                      "--min-freq times), write it here and encode with it", metavar="FILE")
+    min_freq: int = opt(1, "with --vocab-out: keep characters seen at least this often", parse=positive_int)
+    max_len: int = opt(256, "tokens per example; longer dialogues are split at turn boundaries", parse=positive_int)
+    workers: int = opt(1, "encoding processes (default 1: the Rust tokenizer already uses every core)",
+                       parse=positive_int)
+    skip_bad: bool = opt(False, "skip unreadable records instead of stopping")
+    quiet: bool = opt(False, "no progress bar and no summary table")
+
+    def __post_init__(self):
+        if not self.corpus:
+            raise ValueError("give one or more corpus files to encode")
+        if self.max_len < 4:
+            raise ValueError(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {self.max_len}")
+        if self.vocab and self.tokenizer:
+            raise ValueError("give either --vocab or --tokenizer, not both")
+
+    def tokenizer_path(self) -> str:
+        """What to load the tokenizer from (--vocab-out is built first and takes precedence)."""
+        return self.vocab_out or self.tokenizer or self.vocab or "vocab/vocab.txt"
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    model: str = opt("model/final", "model folder written by chatbot-train", metavar="DIR")
+    device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
+    max_history: int = opt(3, "turns the model sees, your new message included", parse=positive_int)
+    seed: int | None = opt(None, "make replies reproducible (reply i uses seed + i)")
+    mmi_model: str | None = opt(None, "backward model folder (chatbot-train --reverse) that picks the best of "
+                                      "--candidates", metavar="DIR")
+    log_dir: str | None = opt(None, "folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/"
+                                    "transcripts, else ~/.local/share/chatbot/transcripts; a piped chat saves one "
+                                    "only when this is given)", metavar="DIR")
+    transcript: bool = opt(True, "save a transcript on exit")
+    history_file: str = opt(str(Path.home() / ".chatbot_history"),
+                            "keeps the lines you type, for Up-arrow recall across sessions", metavar="FILE")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = opt("model/final", "model folder", metavar="DIR")
+    data: str = opt("data/valid.txt", "corpus file or chatbot-preprocess folder", metavar="PATH")
+    format: str = opt("auto", "corpus format", choices=FORMATS)
+    split: str | None = opt(None, "LCCC split to read", metavar="NAME")
+    skip_bad: bool = opt(False, "skip unreadable corpus records instead of stopping")
+    loss_on: str | None = opt(None, "tokens scored for perplexity (default: what the model was trained on)",
+                              choices=LOSS_ON)
+    batch_size: int = opt(16, "examples per forward pass", parse=positive_int)
+    num_samples: int | None = opt(None, "evaluate a seeded random subset of N examples", parse=positive_int,
+                                  metavar="N")
+    seed: int = opt(42, "subset and sampling seed")
+    greedy: bool = opt(False, "also generate greedily and report both")
+    generate: bool = opt(True, "generate replies and score them (--no-generate: perplexity only)")
+    max_history: int = opt(3, "turns the model sees", parse=positive_int)
+    examples: int = opt(3, "side-by-side samples to print")
+    output: str | None = opt(None, "write the full report (metrics and every sample) as JSON", metavar="FILE")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", metavar="DEVICE")
+    quiet: bool = opt(False, "no progress bars, table or samples")

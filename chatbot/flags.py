@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -82,12 +83,12 @@ def flag_name(f: dataclasses.Field) -> str:
 
 def build_parser(prog: str, description: str, *classes: type, epilog: str | None = None) -> CommandParser:
     """A parser with one flag per field of `classes`, plus `--config-file`."""
-    parser = CommandParser(prog=prog, description=description, epilog=epilog)
+    # No abbreviations: with aliases and several helpers adding flags, a prefix would change meaning.
+    parser = CommandParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False)
     for cls in classes:
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if "help" in f.metadata:
-                _add_field(parser, f, hints[f.name])
+        for f in _option_fields(cls):
+            _add_field(parser, f, hints[f.name])
     parser.add_argument("--config-file", metavar="FILE",
                         help="read options from a JSON or YAML file of name: value pairs (a run's "
                              "training_args.json works); flags given here override it. Flags may also be "
@@ -137,7 +138,7 @@ def parse_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *
     a class rejects (its ValueError names the flag).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = CommandParser(add_help=False)
+    pre = CommandParser(add_help=False, allow_abbrev=False)  # --config is another flag of chatbot-train
     pre.add_argument("--config-file")
     config_file = pre.parse_known_args(argv)[0].config_file
     from_file = []
@@ -148,10 +149,23 @@ def parse_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *
             parser.error(f"--config-file {config_file}: {e}")
     args = parser.parse_args(from_file + argv)
     try:
-        return tuple(cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata})
-                     for cls in classes)
+        return tuple(cls(**{f.name: getattr(args, f.name) for f in _option_fields(cls)}) for cls in classes)
     except ValueError as e:  # checked before any work starts, reported like argparse's own errors
-        parser.error(str(e))
+        parser.error(_as_flags(str(e), [f for cls in classes for f in _option_fields(cls)], from_file + argv))
+
+
+def _option_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _as_flags(message: str, fields: list[dataclasses.Field], argv: list[str]) -> str:
+    """`message` with option names (`max_new_tokens`) spelled as the flag the user typed (`--max-len`)."""
+    for f in fields:
+        if "_" in f.name:  # one-word names are also plain words in messages
+            names = [flag_name(f), *f.metadata["aliases"]]
+            typed = [n for n in names if any(a == n or a.startswith(n + "=") for a in map(_hyphenate, argv))]
+            message = re.sub(rf"\b{f.name}\b", typed[-1] if typed else names[0], message)
+    return message
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -181,7 +195,7 @@ def read_config_file(path: str | Path) -> dict:
 
 def _file_flags(parser: argparse.ArgumentParser, path: str, classes: Sequence[type]) -> list[str]:
     """The config file's values as command-line arguments, so they get the flags' own checks."""
-    fields = {f.name: f for cls in classes for f in dataclasses.fields(cls) if "help" in f.metadata}
+    fields = {f.name: f for cls in classes for f in _option_fields(cls)}
     derived = {k for cls in classes for k in getattr(cls, "derived_keys", ())}
     values = {k.replace("-", "_"): v for k, v in read_config_file(path).items()}
     unknown = sorted(set(values) - set(fields) - derived)

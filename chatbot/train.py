@@ -240,7 +240,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                 ("resuming from", str(resume_dir) if resume_dir else "no"),
                 ("output", str(output_dir)),
             ])
-    log = MetricsLog(output_dir, info.is_main)
+    log = MetricsLog(output_dir, info.is_main, cfg.report_to, training_args)
 
     saved_at = {"step": None, "eval": None}
 
