@@ -40,13 +40,17 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     (cfg,) = parse_options(parser, argv, PreprocessConfig)
 
     def body() -> None:
+        from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
         if cfg.vocab_out:
-            _build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split)
-        tokenizer = load_tokenizer(cfg.tokenizer_path())
+            tokenizer = load_tokenizer(_build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))
+        elif cfg.tokenizer:
+            tokenizer = load_model_tokenizer(cfg.tokenizer)  # reads text as that model does
+        else:
+            tokenizer = load_tokenizer(cfg.vocab)
         meta = preprocess(cfg.corpus, cfg.output, tokenizer, max_len=cfg.max_len, format=cfg.format,
                           split=cfg.split, skip_bad=cfg.skip_bad, workers=cfg.workers, progress=not cfg.quiet)
         if not cfg.quiet:

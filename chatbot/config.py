@@ -39,7 +39,8 @@ class TrainConfig:
     reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
     # model
     config: str = opt("configs/tiny.json", "GPT2Config JSON for a model trained from scratch")
-    pretrained: str | None = opt(None, "fine-tune this local Hugging Face GPT-2 folder (its tokenizer is used)")
+    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 (uer/gpt2-chinese-*) "
+                                       "or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own layout; its tokenizer is used")
     vocab: str = opt("vocab/vocab.txt", "vocab.txt for a model trained from scratch")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",
@@ -126,10 +127,9 @@ class PreprocessConfig:
     format: str = opt("auto", "corpus format; auto picks by extension and first line (text is never guessed)",
                       choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read: train, valid or test (default: train)", metavar="NAME")
-    vocab: str | None = opt(None, "BERT vocab.txt to tokenize with (default: the shipped vocab/vocab.txt)",
-                            metavar="FILE")
-    tokenizer: str | None = opt(None, "a folder with tokenizer files instead of --vocab, e.g. a pretrained model "
-                                      "you will fine-tune", metavar="DIR")
+    vocab: str = opt("vocab/vocab.txt", "BERT vocab.txt to tokenize with", metavar="FILE")
+    tokenizer: str | None = opt(None, "a folder with tokenizer files instead of --vocab, or the model folder or "
+                                      "Hub id you will fine-tune", metavar="DIR|ID")
     vocab_out: str | None = opt(None, "first build a vocabulary from the corpora (specials + every character seen "
                                       "--min-freq times), write it here and encode with it", metavar="FILE")
     min_freq: int = opt(1, "with --vocab-out: keep characters seen at least this often", parse=positive_int)
@@ -143,23 +143,20 @@ class PreprocessConfig:
         if not self.corpus:
             raise ValueError("give one or more corpus files to encode")
         if self.max_len < 4:
-            raise ValueError(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {self.max_len}")
-        if self.vocab and self.tokenizer:
-            raise ValueError("give either --vocab or --tokenizer, not both")
-
-    def tokenizer_path(self) -> str:
-        """What to load the tokenizer from (--vocab-out is built first and takes precedence)."""
-        return self.vocab_out or self.tokenizer or self.vocab or "vocab/vocab.txt"
+            raise ValueError(f"--max-len must be >= 4 to hold [CLS] a [SEP] b [SEP], got {self.max_len}")
+        if self.tokenizer and (self.vocab_out or self.vocab != "vocab/vocab.txt"):
+            raise ValueError("give one of --vocab, --tokenizer or --vocab-out, not several")
 
 
 @dataclass(frozen=True)
 class ChatConfig:
-    model: str = opt("model/final", "model folder written by chatbot-train", metavar="DIR")
+    model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id such as "
+                                    "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
     max_history: int = opt(3, "turns the model sees, your new message included", parse=positive_int)
     seed: int | None = opt(None, "make replies reproducible (reply i uses seed + i)")
-    mmi_model: str | None = opt(None, "backward model folder (chatbot-train --reverse) that picks the best of "
-                                      "--candidates", metavar="DIR")
+    mmi_model: str | None = opt(None, "backward model folder or Hub id (chatbot-train --reverse) that picks the "
+                                      "best of --candidates", metavar="DIR|ID")
     log_dir: str | None = opt(None, "folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/"
                                     "transcripts, else ~/.local/share/chatbot/transcripts; a piped chat saves one "
                                     "only when this is given)", metavar="DIR")
@@ -170,7 +167,7 @@ class ChatConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    model: str = opt("model/final", "model folder", metavar="DIR")
+    model: str = opt("model/final", "model folder or Hub id", metavar="DIR|ID")
     data: str = opt("data/valid.txt", "corpus file or chatbot-preprocess folder", metavar="PATH")
     format: str = opt("auto", "corpus format", choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read", metavar="NAME")
