@@ -191,19 +191,17 @@ def eval_main(argv: list[str] | None = None) -> int:
     _check_candidates(parser, options, None)
 
     def body() -> None:
-        import json
-
-        from chatbot.evaluate import evaluate_model
+        from chatbot.evaluate import evaluate
         from chatbot.reports import print_eval_report
 
         _quiet_transformers()
-        report = evaluate_model(cfg.model, cfg.data, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
+        report = evaluate(cfg.model, cfg.data, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
                                 loss_on=cfg.loss_on, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
                                 seed=cfg.seed, sampling=dataclasses.asdict(options), greedy=cfg.greedy,
                                 max_history=cfg.max_history, device=cfg.device, generate=cfg.generate,
                                 progress=not cfg.quiet)
         if cfg.output:
-            Path(cfg.output).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+            report.save(cfg.output)
         if not cfg.quiet:
             print_eval_report(report, cfg.examples)
 

@@ -19,13 +19,14 @@ from chatbot.corpus import FORMATS
 from chatbot.flags import opt, positive_int
 from chatbot.layout import LOSS_ON, SPEAKER_TOKENS
 
+BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"  # the sample shipped in the repository
 REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    train: str = opt("data/train.txt", "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder")
+    train: str = opt(BUNDLED_TRAIN, "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder")
     valid: str | None = opt(None, "validation corpus or folder (default: data/valid.txt when training on the "
                                   "bundled sample, else none)")
     valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation instead of --valid")
@@ -79,7 +80,7 @@ class TrainConfig:
     quiet: bool = opt(False, "no progress bar or tables")
 
     # Keys a run records in training_args.json beside its options; a config file may hold them.
-    derived_keys: ClassVar[tuple[str, ...]] = ("source", "valid_ppl")
+    derived_keys: ClassVar[tuple[str, ...]] = ("source", "layout", "valid_ppl")
 
     def __post_init__(self):
         checks = [
@@ -111,6 +112,31 @@ class TrainConfig:
             extra = "pip install 'chatbot[tensorboard]'" if package == "tensorboard" else "pip install wandb"
             raise ValueError(f"--report-to {self.report_to} needs the {package} package, which is not installed; "
                              f"{extra}, or use --report-to none")
+
+    def valid_path(self) -> str | None:
+        """--valid; else data/valid.txt when training on the bundled data/train.txt (and no --valid-ratio)."""
+        if self.valid is None and not self.valid_ratio and self.train == BUNDLED_TRAIN and Path(BUNDLED_VALID).is_file():
+            return BUNDLED_VALID
+        return self.valid
+
+    def resolved_max_len(self, n_positions: int) -> int:
+        """--max-len, by default min(256, n_positions).
+
+        Raises:
+            ValueError: if --max-len exceeds the model's n_positions.
+        """
+        max_len = self.max_len or min(256, n_positions)
+        if max_len > n_positions:
+            raise ValueError(f"--max-len {max_len} exceeds the model's n_positions ({n_positions}); "
+                             f"use --max-len {n_positions} or less, or a config with more positions")
+        return max_len
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.max_steps or steps_per_epoch * self.epochs
+
+    def warmup(self, total_steps: int) -> int:
+        """--warmup-steps, else --warmup-ratio of all steps."""
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total_steps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
