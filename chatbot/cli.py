@@ -40,19 +40,22 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     (cfg,) = parse_options(parser, argv, PreprocessConfig)
 
     def body() -> None:
+        from chatbot.layout import CHITCHAT, EXTRA_TOKENS
         from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
+        layout = CHITCHAT
         if cfg.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))
         elif cfg.tokenizer:
-            tokenizer = load_model_tokenizer(cfg.tokenizer)  # reads text as that model does
+            tokenizer, layout = load_model_tokenizer(cfg.tokenizer)  # reads text as that model does
         else:
             tokenizer = load_tokenizer(cfg.vocab)
-        meta = preprocess(cfg.corpus, cfg.output, tokenizer, max_len=cfg.max_len, format=cfg.format,
-                          split=cfg.split, skip_bad=cfg.skip_bad, workers=cfg.workers, progress=not cfg.quiet)
+        # Stored examples leave room for what the model's layout adds, so --max-len is what it sees.
+        meta = preprocess(cfg.corpus, cfg.output, tokenizer, max_len=cfg.max_len - EXTRA_TOKENS[layout],
+                          format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad, workers=cfg.workers, progress=not cfg.quiet)
         if not cfg.quiet:
             print_preprocess_summary(meta, cfg.output)
 

@@ -46,7 +46,7 @@ from chatbot.evaluate import evaluate_loss
 from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
 from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
-from chatbot.reports import print_table
+from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
 
 
@@ -152,6 +152,8 @@ def setup(cfg: TrainConfig) -> Run:
         train_set, valid_set = load_data(cfg.train, cfg.valid_path(), tokenizer, max_len=max_len - EXTRA_TOKENS[layout],
                                          format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
                                          progress=info.is_main and not cfg.quiet)
+    if info.is_main:
+        print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
     if cfg.valid_ratio:
         train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
     if len(train_set) < info.world_size:
