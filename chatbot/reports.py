@@ -43,11 +43,6 @@ def print_preprocess_summary(meta: dict, output) -> None:
     print_table("chatbot-preprocess", rows)
 
 
-<<<<<<< HEAD
-def print_eval_report(report: EvalReport, examples: int = 0) -> None:
-    ppl = report.perplexity
-    rows = [("model", report.model), ("data", report.data), ("examples", report.examples)]
-=======
 # Above this share of [UNK], the corpus and the vocabulary do not match: clean simplified-Chinese
 # corpora stay well under 1% with the shipped vocabulary (data/train.txt: 0%), while 2% is already
 # one [UNK] in every few turns, which the model then learns to write.
@@ -68,10 +63,9 @@ def print_unk_rate(meta: dict, source, *, quiet: bool = False) -> None:
                       markup=False, highlight=False, soft_wrap=True)
 
 
-def print_eval_report(report: dict, examples: int = 0) -> None:
-    ppl = report["perplexity"]
-    rows = [("model", report["model"]), ("data", report["data"]), ("examples", report["examples"])]
->>>>>>> main
+def print_eval_report(report: EvalReport, examples: int = 0) -> None:
+    ppl = report.perplexity
+    rows = [("model", report.model), ("data", report.data), ("examples", report.examples)]
     if ppl is not None:
         rows += [(f"perplexity (loss on {report.loss_on})", f"{ppl['ppl']:.2f}"), ("scored tokens", ppl["tokens"])]
     for name, g in report.generation.items():
