@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from chatbot.config import ChatConfig, EvalConfig, PreprocessConfig, TrainConfig
+from chatbot.config import ChatConfig, EvalConfig, PreprocessConfig, ServeConfig, TrainConfig
 from chatbot.flags import build_parser, parse_options
 from chatbot.options import SamplingOptions
 
@@ -209,3 +209,49 @@ def eval_main(argv: list[str] | None = None) -> int:
             print_eval_report(report, cfg.examples)
 
     return run_command(body)
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    return build_parser(
+        "chatbot-serve", "Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, "
+        "GET /health) with a chat page at /. Concurrent requests are decoded together.", ServeConfig, SamplingOptions)
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """`chatbot-serve`: an OpenAI-compatible HTTP server with a chat page."""
+    parser = serve_parser()
+    cfg, options = parse_options(parser, argv, ServeConfig, SamplingOptions)
+    _check_candidates(parser, options, None)
+    return run_command(lambda: _serve(cfg, options, cfg.api_key or os.environ.get("CHATBOT_API_KEY") or None))
+
+
+def _serve(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) -> int:
+    import logging
+
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from chatbot.bot import ChatBot
+    from chatbot.modeling import check_model_dir
+    from chatbot.serve import ServeSettings, create_app
+
+    check_model_dir(cfg.model)  # a wrong path fails now, not after the server has started
+    hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    settings = ServeSettings(cfg.served_model_name or cfg.model, max_batch=cfg.max_batch,
+                             max_concurrent=cfg.max_concurrent, max_body_bytes=cfg.max_body_bytes,
+                             max_message_chars=cfg.max_message_chars, api_key=api_key,
+                             cors_origins=tuple(cfg.cors_origin))
+    failures: list[Exception] = []
+
+    def load_failed(error: Exception) -> None:
+        failures.append(error)
+        server.should_exit = True
+
+    app = create_app(lambda: ChatBot.from_pretrained(cfg.model, cfg.device, max_history=cfg.max_history,
+                                                     **dataclasses.asdict(options)), settings, on_load_error=load_failed)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info"))
+    server.run()
+    if failures:  # run_command reports a user error (bad folder, bad option) as one line
+        raise failures[0]
+    return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from chatbot.corpus import FORMATS
-from chatbot.flags import opt, positive_int
+from chatbot.flags import opt, port_number, positive_int
 from chatbot.layout import LOSS_ON, SPEAKER_TOKENS
 
 BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"  # the sample shipped in the repository
@@ -211,3 +211,22 @@ class EvalConfig:
     output: str | None = opt(None, "write the full report (metrics and every sample) as JSON", metavar="FILE")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", metavar="DEVICE")
     quiet: bool = opt(False, "no progress bars, table or samples")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str = opt("model/final", "model folder written by chatbot-train", metavar="DIR")
+    served_model_name: str | None = opt(None, "the model id clients see and send (default: the --model value)",
+                                        metavar="NAME")
+    host: str = opt("127.0.0.1", "address to listen on; 0.0.0.0 opens the server to the network", metavar="HOST")
+    port: int = opt(8000, "port to listen on (0 = any free port)", parse=port_number)
+    api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: $CHATBOT_API_KEY if set, "
+                                    "else no key)", metavar="KEY")
+    device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
+    max_batch: int = opt(16, "replies decoded together in one batch", parse=positive_int)
+    max_concurrent: int = opt(64, "requests held at once, decoding or queued; more get HTTP 429", parse=positive_int)
+    max_body_bytes: int = opt(2**20, "larger request bodies get HTTP 413", parse=positive_int)
+    max_message_chars: int = opt(8000, "longer messages get HTTP 400", parse=positive_int)
+    cors_origin: list[str] = opt([], "let pages from ORIGIN (e.g. https://example.com) call the API; repeatable "
+                                     "(default: none, CORS off)", metavar="ORIGIN")
+    max_history: int = opt(3, "turns the model sees, the new message included", parse=positive_int)

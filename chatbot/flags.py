@@ -59,6 +59,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """`parse` for a TCP port."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be in [0, 65535] (0 = any free port), got {value}")
+    return value
+
+
 class CommandParser(argparse.ArgumentParser):
     """argparse that also accepts underscore spellings: `--batch_size 8` is `--batch-size 8`."""
 
@@ -110,6 +121,10 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind) -> N
     if kind is bool:
         parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                             help=shown)
+        return
+    if typing.get_origin(kind) is list:  # a repeatable flag
+        parser.add_argument(*names, dest=f.name, action="append", default=default, help=shown,
+                            metavar=meta["metavar"])
         return
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
     convert = _argparse_type(meta["parse"]) if meta["parse"] else base
@@ -208,6 +223,8 @@ def _file_flags(parser: argparse.ArgumentParser, path: str, classes: Sequence[ty
         f = fields[name]
         if f.metadata["positional"]:
             parser.set_defaults(**{name: [str(v) for v in value] if isinstance(value, list) else [str(value)]})
+        elif isinstance(value, list):
+            argv += [f"{flag_name(f)}={v}" for v in value]
         elif isinstance(value, bool):
             argv.append(flag_name(f) if value else "--no-" + flag_name(f)[2:])
         else:

@@ -74,12 +74,12 @@ def test_cross_check_names_the_flags_as_typed(capsys):
     assert "--min-new-tokens (9) must be <= --max-new-tokens (5)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["chatbot-train", "chatbot-preprocess", "chatbot-chat", "chatbot-eval"])
+@pytest.mark.parametrize("command", ["chatbot-train", "chatbot-preprocess", "chatbot-chat", "chatbot-eval",
+                                     "chatbot-serve"])
 def test_help_does_not_import_torch(command):
-    main = {"chatbot-train": "train_main", "chatbot-preprocess": "preprocess_main", "chatbot-chat": "chat_main",
-            "chatbot-eval": "eval_main"}[command]
+    main = command.replace("chatbot-", "") + "_main"
     code = (f"import sys\nfrom chatbot.cli import {main}\ntry:\n    {main}(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted({'torch', 'transformers'} & set(sys.modules))\nassert not heavy, heavy")
+            "heavy = sorted({'torch', 'transformers', 'fastapi'} & set(sys.modules))\nassert not heavy, heavy")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
