@@ -1,51 +1,84 @@
 """Console entry points. Each `*_main(argv)` parses flags, then hands plain values to the library.
 
-User mistakes (`ValueError`, `FileNotFoundError`) end with one `error:` line and exit code 2,
-never a traceback; argparse uses the same code for bad flags.
+Every failure ends with one `error:` line, never a traceback: bad input, a refused output and a
+failing disk (permission, read-only, full, damaged file) exit 2, as argparse does for bad flags;
+anything else is a bug in chatbot and exits 1, its traceback shown with --debug.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from chatbot.config import ChatConfig, EvalConfig, PreprocessConfig, ServeConfig, TrainConfig
-from chatbot.flags import build_parser, parse_options
+from chatbot.flags import CommonOptions, build_parser, parse_options
 from chatbot.options import SamplingOptions
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EACCES: "check its permissions, or use another path",
+    errno.EPERM: "check its permissions, or use another path",
+    errno.EROFS: "that file system is read-only: use another path",
+    errno.EBUSY: "another process is using it: try again when it is done",
+}
 
 
-def run_command(fn: Callable[[], int | None]) -> int:
-    """Run a command body, turning user errors into a message and exit code 2."""
+def run_command(fn: Callable[[], int | None], debug: bool = False) -> int:
+    """Run a command body, turning every failure into one `error:` line and an exit code."""
     try:
         return fn() or 0
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError, ... are OSErrors
+        failure, code = e, EXIT_USAGE
+        message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+    except Exception as e:  # noqa: BLE001 - the one place a bug becomes a message instead of a traceback
+        failure, code = e, EXIT_BUG
+        message = (f"internal error ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
+                   "This is a bug in chatbot: re-run with --debug for the traceback and report it")
+    if debug:
+        traceback.print_exception(failure)
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def describe_os_error(e: OSError) -> str:
+    """`PATH: cause (what to do)`: an OSError from the system, said for a user."""
+    if e.errno is None or e.strerror is None:  # raised by us with a full message
+        return str(e)
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 else e.filename
+    text = f"{where}: {e.strerror}" if where else e.strerror
+    hint = _OS_HINTS.get(e.errno)
+    return f"{text} ({hint})" if hint else text
 
 
 def preprocess_main(argv: list[str] | None = None) -> int:
     """chatbot-preprocess: encode dialogue corpora into a memory-mapped token store."""
     parser = build_parser(
         "chatbot-preprocess", "Encode corpora into [CLS] u1 [SEP] u2 [SEP] ... id sequences, stored compactly "
-        "for training.", PreprocessConfig)
-    (cfg,) = parse_options(parser, argv, PreprocessConfig)
+        "for training.", PreprocessConfig, CommonOptions)
+    cfg, common = parse_options(parser, argv, PreprocessConfig, CommonOptions)
 
     def body() -> None:
+        from chatbot.fileio import check_output_dir
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
         from chatbot.modeling import load_model_tokenizer
-        from chatbot.preprocess import preprocess
+        from chatbot.preprocess import is_encoded_dataset, preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
+        check_output_dir(cfg.output, is_ours=is_encoded_dataset, overwrite=cfg.overwrite,
+                         what="chatbot-preprocess output", flag="--output")
         layout = CHITCHAT
         if cfg.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))
@@ -55,11 +88,12 @@ def preprocess_main(argv: list[str] | None = None) -> int:
             tokenizer = load_tokenizer(cfg.vocab)
         # Stored examples leave room for what the model's layout adds, so --max-len is what it sees.
         meta = preprocess(cfg.corpus, cfg.output, tokenizer, max_len=cfg.max_len - EXTRA_TOKENS[layout],
-                          format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad, workers=cfg.workers, progress=not cfg.quiet)
+                          format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad, workers=cfg.workers,
+                          progress=not cfg.quiet)
         if not cfg.quiet:
             print_preprocess_summary(meta, cfg.output)
 
-    return run_command(body)
+    return run_command(body, common.debug)
 
 
 def _build_vocab(corpora, output, min_freq, format, split) -> str:
@@ -76,13 +110,13 @@ def train_parser() -> argparse.ArgumentParser:
     return build_parser(
         "chatbot-train", "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained folder). "
         "With no arguments: configs/tiny.json on data/train.txt into model/. Several GPUs: "
-        "torchrun --nproc_per_node N --no-python chatbot-train ...", TrainConfig,
+        "torchrun --nproc_per_node N --no-python chatbot-train ...", TrainConfig, CommonOptions,
         epilog="Re-run a training: chatbot-train --config-file model/final/training_args.json --output-dir DIR")
 
 
 def train_main(argv: list[str] | None = None) -> int:
     """chatbot-train: train or fine-tune a GPT-2 on dialogues."""
-    (cfg,) = parse_options(train_parser(), argv, TrainConfig)
+    cfg, common = parse_options(train_parser(), argv, TrainConfig, CommonOptions)
 
     def body() -> int:
         from chatbot.train import train
@@ -90,7 +124,7 @@ def train_main(argv: list[str] | None = None) -> int:
         _quiet_transformers()
         return train(cfg).exit_code
 
-    return run_command(body)
+    return run_command(body, common.debug)
 
 
 def _quiet_transformers() -> None:
@@ -103,7 +137,7 @@ def _quiet_transformers() -> None:
 def chat_parser() -> argparse.ArgumentParser:
     return build_parser(
         "chatbot-chat", "Chat with a trained model. With stdin not a terminal, read one message per line and "
-        "print one reply per line (no prompts, no colour).", ChatConfig, SamplingOptions)
+        "print one reply per line (no prompts, no colour).", ChatConfig, SamplingOptions, CommonOptions)
 
 
 def _check_candidates(parser: argparse.ArgumentParser, options: SamplingOptions, mmi_model: str | None) -> None:
@@ -114,9 +148,9 @@ def _check_candidates(parser: argparse.ArgumentParser, options: SamplingOptions,
 def chat_main(argv: list[str] | None = None) -> int:
     """`chatbot-chat`: talk with a model in the terminal, or answer piped lines."""
     parser = chat_parser()
-    cfg, options = parse_options(parser, argv, ChatConfig, SamplingOptions)
+    cfg, options, common = parse_options(parser, argv, ChatConfig, SamplingOptions, CommonOptions)
     _check_candidates(parser, options, cfg.mmi_model)
-    return run_command(lambda: _chat(cfg, options))
+    return run_command(lambda: _chat(cfg, options), common.debug)
 
 
 def _chat(cfg: ChatConfig, options: SamplingOptions) -> int:
@@ -183,46 +217,52 @@ def eval_parser() -> argparse.ArgumentParser:
         "chatbot-eval", "Perplexity and reply metrics (BLEU-1/2/4 on characters, Distinct-1/2, reply length, "
         "empty and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference for a "
         "reply generated from the turns before it, with the sampling options chatbot-chat uses.",
-        EvalConfig, SamplingOptions,
+        EvalConfig, SamplingOptions, CommonOptions,
         epilog="CDial-GPT's evaluation setting: --temperature 0.7 --top-p 0.9 --top-k 0")
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     """chatbot-eval: score a model on a corpus."""
     parser = eval_parser()
-    cfg, options = parse_options(parser, argv, EvalConfig, SamplingOptions)
+    cfg, options, common = parse_options(parser, argv, EvalConfig, SamplingOptions, CommonOptions)
     _check_candidates(parser, options, None)
 
     def body() -> None:
-        from chatbot.evaluate import evaluate
+        from chatbot.evaluate import evaluate_model, is_eval_report
+        from chatbot.fileio import check_output_file
         from chatbot.reports import print_eval_report
 
+        if cfg.output:  # checked now: a bad path must not cost a whole evaluation
+            check_output_file(cfg.output, is_ours=is_eval_report, overwrite=cfg.overwrite,
+                              what="chatbot-eval report", flag="--output")
         _quiet_transformers()
-        report = evaluate(cfg.model, cfg.data, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
+        report = evaluate_model(cfg.model, cfg.data, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
                                 loss_on=cfg.loss_on, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
                                 seed=cfg.seed, sampling=dataclasses.asdict(options), greedy=cfg.greedy,
                                 max_history=cfg.max_history, device=cfg.device, generate=cfg.generate,
                                 progress=not cfg.quiet)
+        if not cfg.quiet:  # shown first: a disk failing at the write still leaves the results on screen
+            print_eval_report(report, cfg.examples)
         if cfg.output:
             report.save(cfg.output)
-        if not cfg.quiet:
-            print_eval_report(report, cfg.examples)
 
-    return run_command(body)
+    return run_command(body, common.debug)
 
 
 def serve_parser() -> argparse.ArgumentParser:
     return build_parser(
         "chatbot-serve", "Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, "
-        "GET /health) with a chat page at /. Concurrent requests are decoded together.", ServeConfig, SamplingOptions)
+        "GET /health) with a chat page at /. Concurrent requests are decoded together.", ServeConfig, SamplingOptions,
+        CommonOptions)
 
 
 def serve_main(argv: list[str] | None = None) -> int:
     """`chatbot-serve`: an OpenAI-compatible HTTP server with a chat page."""
     parser = serve_parser()
-    cfg, options = parse_options(parser, argv, ServeConfig, SamplingOptions)
+    cfg, options, common = parse_options(parser, argv, ServeConfig, SamplingOptions, CommonOptions)
     _check_candidates(parser, options, None)
-    return run_command(lambda: _serve(cfg, options, cfg.api_key or os.environ.get("CHATBOT_API_KEY") or None))
+    api_key = cfg.api_key or os.environ.get("CHATBOT_API_KEY") or None
+    return run_command(lambda: _serve(cfg, options, api_key), common.debug)
 
 
 def _serve(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) -> int:

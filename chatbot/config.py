@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,10 @@ class TrainConfig:
     save_steps: int = opt(0, "also save a checkpoint every N optimizer steps (0: once per epoch)")
     save_total_limit: int = opt(2, "keep only the newest N checkpoint-* folders (0: keep all)")
     log_steps: int = opt(10, "write metrics every N optimizer steps")
-    resume: str | None = opt(None, "'auto' (newest checkpoint in --output-dir) or a checkpoint folder",
+    resume: str | None = opt(None, "'auto' (newest readable checkpoint in --output-dir) or a checkpoint folder",
                              metavar="auto|PATH")
+    overwrite: bool = opt(False, "start afresh in an --output-dir holding a previous run, deleting that run's "
+                                 "checkpoints, best/, final/ and metrics (nothing else in it is touched)")
     eval_generate: int = opt(0, "after training, generate replies for N validation dialogues and log BLEU/Distinct")
     report_to: str = opt("none", "also log metrics to TensorBoard (output_dir/runs) or Weights & Biases "
                                  "(metrics.jsonl is always written)", choices=tuple(REPORT_TO))
@@ -86,11 +89,12 @@ class TrainConfig:
         checks = [
             ("epochs", self.epochs >= 1, ">= 1"), ("max_steps", self.max_steps >= 0, ">= 0"),
             ("batch_size", self.batch_size >= 1, ">= 1"), ("grad_accum", self.grad_accum >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
+            ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0 and finite"),
             ("warmup_steps", self.warmup_steps is None or self.warmup_steps >= 0, ">= 0"),
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
             ("valid_ratio", 0 <= self.valid_ratio < 1, "in [0, 1)"),
-            ("max_grad_norm", self.max_grad_norm >= 0, ">= 0"),
+            ("max_grad_norm", 0 <= self.max_grad_norm < math.inf, ">= 0 and finite"),
             ("max_len", self.max_len is None or self.max_len >= 4, ">= 4"),
             ("eval_steps", self.eval_steps >= 0, ">= 0"), ("save_steps", self.save_steps >= 0, ">= 0"),
             ("patience", self.patience >= 0, ">= 0"), ("save_total_limit", self.save_total_limit >= 0, ">= 0"),
@@ -103,6 +107,8 @@ class TrainConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(self, name)!r}")
+        if self.overwrite and self.resume:
+            raise ValueError("give either --overwrite (start afresh) or --resume (continue), not both")
         if self.valid and self.valid_ratio:
             raise ValueError("give either --valid or --valid-ratio, not both")
         if self.format == "text" and self.loss_on != "all":
@@ -141,6 +147,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def recorded(self) -> dict:
+        """The options saved as training_args.json. Not --resume and --overwrite: they say what this
+        invocation did with --output-dir, and a re-run from the file must not repeat them unasked."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("resume", "overwrite")}
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
 
@@ -163,6 +174,8 @@ class PreprocessConfig:
     workers: int = opt(1, "encoding processes (default 1: the Rust tokenizer already uses every core)",
                        parse=positive_int)
     skip_bad: bool = opt(False, "skip unreadable records instead of stopping")
+    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-preprocess output (never "
+                                 "anything else)")
     quiet: bool = opt(False, "no progress bar and no summary table")
 
     def __post_init__(self):
@@ -209,6 +222,7 @@ class EvalConfig:
     max_history: int = opt(3, "turns the model sees", parse=positive_int)
     examples: int = opt(3, "side-by-side samples to print")
     output: str | None = opt(None, "write the full report (metrics and every sample) as JSON", metavar="FILE")
+    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-eval report")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", metavar="DEVICE")
     quiet: bool = opt(False, "no progress bars, table or samples")
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from chatbot.data import LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
+from chatbot.fileio import atomic_write_text
 from chatbot.layout import IGNORE_INDEX, split_turns
 from chatbot.metrics import reply_metrics
 from chatbot.tokenization import decode_ids, splits_characters
@@ -104,8 +105,24 @@ class EvalReport:
                 "generation": {name: {"options": g.options, **g.metrics} for name, g in self.generation.items()},
                 "samples": {name: g.samples for name, g in self.generation.items()}}
 
+    def __getitem__(self, key: str):
+        """`report["generation"]` etc.: the JSON form's keys, as when reports were dicts."""
+        return self.to_dict()[key]
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2))
+
+
+REPORT_KEYS = ("model", "data", "examples", "loss_on", "perplexity", "generation", "samples")
+
+
+def is_eval_report(path: Path) -> bool:
+    """True for a JSON file `chatbot-eval --output` wrote (so --overwrite may replace it)."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and all(k in report for k in REPORT_KEYS)
 
 
 def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, seed: int,
@@ -125,12 +142,7 @@ def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, see
     return Generation(dict(sampling), metrics, samples)
 
 
-def evaluate_model(model_dir: str, data: str, **options) -> dict:
-    """`evaluate` as the JSON dict `chatbot-eval --output` writes."""
-    return evaluate(model_dir, data, **options).to_dict()
-
-
-def evaluate(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,
+def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,
              skip_bad: bool = False, loss_on: str | None = None, batch_size: int = 16,
              num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
              greedy: bool = False, max_history: int = 3, device: str = "auto",

@@ -22,6 +22,7 @@ import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 MISSING = dataclasses.MISSING
@@ -68,6 +69,13 @@ def port_number(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"must be in [0, 65535] (0 = any free port), got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """Options every command has."""
+
+    debug: bool = opt(False, "on an error, also print the Python traceback")
 
 
 class CommandParser(argparse.ArgumentParser):

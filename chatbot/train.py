@@ -8,7 +8,6 @@ publishes the final model.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -25,7 +24,10 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from chatbot.checkpoint import (
+    check_finite_loss,
+    check_finite_weights,
     load_state,
+    prepare_output_dir,
     publish_model,
     resolve_resume,
     restore_rng_states,
@@ -44,7 +46,7 @@ from chatbot.distributed import (
 )
 from chatbot.evaluate import evaluate_loss
 from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
-from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model
+from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
 from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
@@ -138,7 +140,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 def setup(cfg: TrainConfig) -> Run:
     """Build the model, data, optimizer and log; restore a checkpoint when resuming. Fails before any step."""
     info, device = setup_distributed(cfg.device)
-    resume_dir = resolve_resume(cfg.resume, Path(cfg.output_dir))
+    output_dir = prepare_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=info.is_main)
+    resume_dir = resolve_resume(cfg.resume, output_dir, quiet=not info.is_main)
     _seed_everything(cfg.seed + info.rank)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, tokenizer, source, layout = setup_model(resume_dir=resume_dir, pretrained=cfg.pretrained, config=cfg.config,
@@ -173,7 +176,7 @@ def setup(cfg: TrainConfig) -> Run:
     warmup = cfg.warmup(total_steps)
     optimizer = make_optimizer(raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.scheduler))
-    training_args = dict(cfg.to_dict(), max_len=max_len, source=source, layout=layout)
+    training_args = dict(cfg.recorded(), max_len=max_len, source=source, layout=layout)
     run = Run(cfg, info, device, model, raw_model, tokenizer, training_args, train_set, valid_set, collate, sampler,
               loader, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_scaler), autocast_dtype,
               len(sampler), total_steps, log=None, bar=None, window=Window.on(device))
@@ -399,6 +402,8 @@ def log_window(run: Run) -> None:
     loss_sum, labels, tokens = all_reduce_sum([w.loss.item(), w.labels.item(), w.tokens.item()], run.device)
     row = {"step": st.step, "epoch": st.epoch, "loss": loss_sum / max(labels, 1), "lr": run.scheduler.get_last_lr()[0],
            "tokens": int(tokens), "tokens_per_s": tokens / (time.perf_counter() - w.started)}
+    log_steps = run.cfg.log_steps
+    check_finite_loss(row["loss"], st.step, (st.step - 1) // log_steps * log_steps + 1, run.output_dir)
     run.log.write(row)
     run.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,.0f}")
     run.window = Window.on(run.device)
@@ -411,6 +416,7 @@ def validate(run: Run) -> None:
     metrics = evaluate_loss(run.raw_model, run.valid_set, run.collate, batch_size=run.cfg.batch_size,
                             device=run.device, autocast_dtype=run.autocast_dtype, rank=info.rank,
                             world_size=info.world_size)
+    check_finite_loss(metrics["loss"], st.step, st.step, run.output_dir)
     run.log.write({"step": st.step, "epoch": st.epoch, "valid_loss": metrics["loss"], "valid_ppl": metrics["ppl"]})
     if st.best_loss is None or metrics["loss"] < st.best_loss:
         st.best_loss, st.bad_evals = metrics["loss"], 0
@@ -428,6 +434,8 @@ def save(run: Run) -> Path | None:
     if run.saved_step == run.state.step:
         return None
     run.saved_step = run.state.step
+    # On every rank, so that all stop together.
+    check_finite_weights(run.raw_model, f"checkpoint-{run.state.step}", run.output_dir)
     ckpt_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                   "scaler": run.scaler.state_dict(), "progress": asdict(run.state), "rng": _gather_rng(run.info)}
     if not run.info.is_main:
@@ -506,7 +514,7 @@ def _gather_rng(info: DistInfo) -> list[dict]:
 
 
 def _warn_changed_args(resume_dir: Path, current: dict) -> None:
-    saved = json.loads((resume_dir / "training_args.json").read_text(encoding="utf-8"))
+    saved = read_training_args(resume_dir)
     keys = ("train", "batch_size", "grad_accum", "seed", "max_len", "loss_on", "reverse", "speaker_ids", "lr")
     changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
     if changed:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,12 +37,13 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path, suffix, text):
     assert parse_train(["--config-file", str(path), "--no-speaker-ids"]).speaker_ids is False
 
 
-def test_training_args_json_reruns_the_same_configuration(tmp_path):
-    cfg = TrainConfig(batch_size=4, lr=1e-4, max_len=64, valid_ratio=0.1, warmup_steps=3, report_to="none")
+def test_training_args_json_reruns_the_same_configuration_but_not_its_overwrite(tmp_path):
+    cfg = TrainConfig(batch_size=4, lr=1e-4, max_len=64, valid_ratio=0.1, warmup_steps=3, overwrite=True)
     saved = tmp_path / "training_args.json"
-    # What a run writes: every option plus values it derived.
-    saved.write_text(json.dumps(dict(cfg.to_dict(), source="configs/tiny.json (random init)", valid_ppl=9.5)))
-    assert parse_train(["--config-file", str(saved)]) == cfg
+    # What a run writes: its options plus values it derived.
+    saved.write_text(json.dumps(dict(cfg.recorded(), source="configs/tiny.json (random init)", layout="chitchat",
+                                     valid_ppl=9.5)))
+    assert parse_train(["--config-file", str(saved)]) == dataclasses.replace(cfg, overwrite=False)
 
 
 @pytest.mark.parametrize("text, message", [
