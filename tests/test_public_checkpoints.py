@@ -158,8 +158,8 @@ def test_an_unreachable_hub_id_is_one_line(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: nobody-here/no-such-model: not a local folder, and the Hugging Face Hub is offline "
-                          "(HF_HUB_OFFLINE=1) with no cached copy")
+    assert err.startswith("error: model folder not found: nobody-here/no-such-model; as a Hugging Face Hub id, "
+                          "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache")
 
 
 def test_a_missing_local_path_keeps_the_folder_message(tmp_path):
