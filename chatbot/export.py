@@ -19,8 +19,7 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast, GenerationConfig, PreTrainedModel
 
-from chatbot.history import MAX_HISTORY
-from chatbot.layout import CDIAL, chat_template
+from chatbot.layout import CDIAL, MAX_HISTORY, chat_template
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import banned_token_ids
 

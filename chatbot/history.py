@@ -6,11 +6,8 @@ reply is the next turn. Pure functions on ids: no tokenizer, no torch.
 
 from __future__ import annotations
 
-# Turns the model sees by default, the new message included (GPT2-chitchat's --max_history_len).
-MAX_HISTORY = 3
-
-# join_turns and speaker_type_ids are re-exported: they lived here before chatbot.layout.
-from chatbot.layout import context_length, join_turns, speaker_type_ids  # noqa: F401
+# MAX_HISTORY, join_turns and speaker_type_ids are re-exported: they lived here before chatbot.layout.
+from chatbot.layout import MAX_HISTORY, context_length, join_turns, speaker_type_ids  # noqa: F401
 
 
 def fit_turns(turns: list[list[int]], *, max_history: int, max_len: int) -> tuple[list[list[int]], str | None]:

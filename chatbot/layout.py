@@ -25,6 +25,8 @@ REQUIRED_TOKENS = (PAD, UNK, CLS, SEP)  # a vocabulary without them cannot expre
 # The head of a vocabulary we write, in this order: [PAD] must be id 0, as padding and embeddings assume.
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK, *SPEAKER_TOKENS]
 
+# Turns the model sees by default, the new message included (GPT2-chitchat's --max_history_len).
+MAX_HISTORY = 3
 IGNORE_INDEX = -100  # label of positions the loss skips (torch's cross_entropy default)
 LOSS_ON = ("all", "replies", "last")  # which turns carry loss; see `label_mask`
 
@@ -42,7 +44,7 @@ def join_turns(turns: list[list[int]], *, cls_id: int, sep_id: int) -> list[int]
     return ids
 
 
-def chat_template(layout: str, *, max_history: int) -> str:
+def chat_template(layout: str = CHITCHAT, *, max_history: int = MAX_HISTORY) -> str:
     """A Jinja chat template that renders `layout` over the newest `max_history` messages, for
     Hugging Face tools: `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` then
     gives the ids `ChatBot` builds. Roles alternate and are not marked (turn i is spoken by
