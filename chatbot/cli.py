@@ -108,7 +108,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
                         help="encoding processes (default 1: the Rust tokenizer already uses every core)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable records instead of stopping")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --output when it holds a previous chatbot-preprocess output (never anything else)")
+                        help="replace --output when it holds a previous chatbot-preprocess output, and --vocab-out when "
+                             "it holds a vocabulary (never anything else)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -116,15 +117,19 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {args.max_len}")
 
     def body() -> None:
-        from chatbot.fileio import check_output_dir
+        from chatbot.fileio import check_output_dir, check_output_file
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
         from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import is_encoded_dataset, preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
+        from chatbot.vocab import is_vocab_file
 
         check_output_dir(args.output, is_ours=is_encoded_dataset, overwrite=args.overwrite,
                          what="chatbot-preprocess output", flag="--output")
+        if args.vocab_out:
+            check_output_file(args.vocab_out, is_ours=is_vocab_file, overwrite=args.overwrite,
+                              what="vocabulary", flag="--vocab-out")
         layout = CHITCHAT
         if args.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split))
