@@ -21,7 +21,8 @@ from safetensors import SafetensorError
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel, OpenAIGPTLMHeadModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, speaker_token_ids
+from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, chat_template, speaker_token_ids
+from chatbot.options import SamplingOptions
 from chatbot.tokenization import load_tokenizer, split_characters
 
 # transformers' own bars ("Loading weights", "Writing model shards") would interleave with ours
@@ -335,4 +336,20 @@ def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenize
     vocab = tokenizer.get_vocab()
     (path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
     (path / TRAINING_ARGS).write_text(json.dumps(training_args, ensure_ascii=False, indent=2), encoding="utf-8")
+    if dialogue_layout(model.config.model_type, tokenizer, training_args) == CHITCHAT and \
+            not training_args.get("speaker_ids"):
+        _write_serving_defaults(path)
     return path
+
+
+def _write_serving_defaults(path: Path) -> None:
+    """A chat template and default sampling options, so that engines serving the folder as it is
+    (vLLM's OpenAI server) lay conversations out as training did and sample as chatbot-chat does."""
+    from transformers import GenerationConfig
+
+    (path / "chat_template.jinja").write_text(chat_template(), encoding="utf-8")
+    options = SamplingOptions()
+    generation = GenerationConfig.from_pretrained(str(path))
+    generation.update(do_sample=True, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                      repetition_penalty=options.repetition_penalty, max_new_tokens=options.max_new_tokens)
+    generation.save_pretrained(str(path))
