@@ -43,8 +43,9 @@ class TrainConfig:
     # model
     config: str = opt("tiny", "model trained from scratch: a bundled config (tiny, small, base) or a GPT2Config "
                               "JSON path", metavar="NAME|PATH")
-    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 (uer/gpt2-chinese-*) "
-                                       "or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own layout; its tokenizer is used")
+    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 "
+                                       "(uer/gpt2-chinese-*) or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own "
+                                       "layout; its tokenizer is used")
     vocab: str = opt(str(VOCAB), "vocab.txt for a model trained from scratch (default: the bundled vocabulary)")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",
@@ -176,8 +177,8 @@ class PreprocessConfig:
     workers: int = opt(1, "encoding processes (default 1: the Rust tokenizer already uses every core)",
                        parse=positive_int)
     skip_bad: bool = opt(False, "skip unreadable records instead of stopping")
-    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-preprocess output (never "
-                                 "anything else)")
+    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-preprocess output, and "
+                                 "--vocab-out when it holds a vocabulary (never anything else)")
     quiet: bool = opt(False, "no progress bar and no summary table")
 
     def __post_init__(self):
