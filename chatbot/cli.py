@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from chatbot.options import SamplingOptions, check_options
+from chatbot.options import DTYPES, SamplingOptions, check_options
 
 EXIT_USAGE = 2
 
@@ -182,6 +182,9 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--model", metavar="DIR", default="model/final",
         help="model folder written by chatbot-train (default: %(default)s)")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
+    add("--dtype", choices=DTYPES, default="auto",
+        help="weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what it runs natively; "
+             "int8 is CPU-only (default: %(default)s)")
     add("--temperature", metavar="T", type=_option_type("temperature", float), default=d.temperature,
         help="sampling temperature; 0 = always the most likely token (default: %(default)s)")
     add("--top-k", metavar="K", type=_option_type("top_k", int), default=d.top_k,
@@ -236,7 +239,7 @@ def _chat(args: argparse.Namespace) -> None:
 
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
     options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__}
-    bot = ChatBot.from_pretrained(args.model, args.device, mmi_model=args.mmi_model,
+    bot = ChatBot.from_pretrained(args.model, args.device, dtype=args.dtype, mmi_model=args.mmi_model,
                                   max_history=args.max_history, **options)
     session = Session(bot, model_name=str(args.model), log_dir=Path(args.log_dir), seed=args.seed)
     try:
@@ -280,6 +283,8 @@ def eval_parser() -> argparse.ArgumentParser:
     add("--examples", metavar="N", type=int, default=3, help="side-by-side samples to print (default: 3)")
     add("--output", metavar="FILE", help="write the full report (metrics and every sample) as JSON")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add("--dtype", choices=DTYPES, default="fp32",
+        help="weights to score: fp32 (the model itself), or what chatbot-chat runs: auto, bf16, int8 (default: fp32)")
     add("--quiet", action="store_true", help="no progress bars, table or samples")
     return p
 
@@ -300,7 +305,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         report = evaluate_model(args.model, args.data, format=args.format, split=args.split,
                                 skip_bad=args.skip_bad, loss_on=args.loss_on, batch_size=args.batch_size,
                                 num_samples=args.num_samples, seed=args.seed, sampling=sampling,
-                                greedy=args.greedy, max_history=args.max_history, device=args.device,
+                                greedy=args.greedy, max_history=args.max_history, device=args.device, dtype=args.dtype,
                                 generate=not args.no_generate, progress=not args.quiet)
         if args.output:
             Path(args.output).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -94,9 +94,12 @@ def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, see
 def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,
                    skip_bad: bool = False, loss_on: str | None = None, batch_size: int = 16,
                    num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
-                   greedy: bool = False, max_history: int = 3, device: str = "auto",
+                   greedy: bool = False, max_history: int = 3, device: str = "auto", dtype: str = "fp32",
                    generate: bool = True, progress: bool = True) -> dict:
     """Perplexity and reply metrics of a model folder on a corpus; the JSON report as a dict.
+
+    `dtype` (see `chatbot.precision`) defaults to fp32: the report scores the model itself;
+    pass what chat runs ("auto", "bf16", "int8") to score that.
 
     Raises:
         FileNotFoundError: for a missing or incomplete model folder or corpus.
@@ -108,7 +111,7 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
     from chatbot.modeling import context_limit, load_model
 
     device = resolve_device(device)
-    model, tokenizer, args = load_model(model_dir, device)
+    model, tokenizer, args = load_model(model_dir, device, dtype)
     dataset = load_dataset(data, tokenizer, max_len=context_limit(model, args), format=format, split=split, skip_bad=skip_bad,
                            progress=progress)
     indices = sample_indices(len(dataset), num_samples, seed)
@@ -117,7 +120,7 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
                            reverse=bool(args.get("reverse")))
     ppl = evaluate_loss(model, Subset(dataset, indices), collate, batch_size=batch_size, device=device,
                         progress=progress)
-    report = {"model": str(model_dir), "data": str(data), "examples": len(indices), "loss_on": loss_on,
+    report = {"model": str(model_dir), "data": str(data), "dtype": dtype, "examples": len(indices), "loss_on": loss_on,
               "perplexity": ppl, "generation": {}, "samples": {}}
     if not generate:
         return report

@@ -15,6 +15,7 @@ import torch
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
+from chatbot.precision import prepare_model, resolve_dtype
 from chatbot.tokenization import load_tokenizer
 
 # transformers' own bars ("Loading weights", "Writing model shards") would interleave with ours
@@ -87,22 +88,28 @@ def check_model_dir(path: str | Path, *, need_tokenizer: bool = True) -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[GPT2LMHeadModel, BertTokenizerFast, dict]:
+               dtype: str = "fp32") -> tuple[GPT2LMHeadModel, BertTokenizerFast, dict]:
     """Load (model in eval mode, tokenizer, training_args) from a model folder.
 
-    `training_args` is `{}` for folders not written by chatbot-train (e.g. a downloaded GPT-2).
+    `dtype` is one of `chatbot.options.DTYPES`, resolved for `device` by
+    `chatbot.precision.resolve_dtype`. `training_args` is `{}` for folders not written by chatbot-train (e.g. a
+    downloaded GPT-2).
 
     Raises:
         FileNotFoundError: if the folder is incomplete (see `check_model_dir`).
-        ValueError: if the tokenizer and the model's embedding disagree in size.
+        ValueError: if the tokenizer and the model's embedding disagree in size, or for a
+            dtype the device cannot run.
     """
     path = check_model_dir(path)
+    device = torch.device(device)
+    precision = resolve_dtype(dtype, device)
     tokenizer = load_tokenizer(path)
-    model = GPT2LMHeadModel.from_pretrained(str(path), attn_implementation="sdpa", dtype=dtype)
+    model = GPT2LMHeadModel.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
     check_vocab_fits(model, tokenizer, where=str(path))
     args_file = path / TRAINING_ARGS
     training_args = json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {}
-    return model.to(device).eval(), tokenizer, training_args
+    # Converted on the CPU, then moved: a GPU never holds the fp32 copy.
+    return prepare_model(model.eval(), precision).to(device), tokenizer, training_args
 
 
 def context_limit(model: GPT2LMHeadModel, training_args: dict) -> int:

@@ -37,6 +37,8 @@ def print_preprocess_summary(meta: dict, output) -> None:
 def print_eval_report(report: dict, examples: int = 0) -> None:
     ppl = report["perplexity"]
     rows = [("model", report["model"]), ("data", report["data"]), ("examples", report["examples"])]
+    if "dtype" in report:
+        rows.insert(1, ("weights", report["dtype"]))
     if ppl is not None:
         rows += [(f"perplexity (loss on {report['loss_on']})", f"{ppl['ppl']:.2f}"), ("scored tokens", ppl["tokens"])]
     for name, m in report["generation"].items():
