@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +23,8 @@ import torch
 from transformers import BertTokenizerFast, GPT2LMHeadModel
 
 from chatbot.distributed import resolve_device
-from chatbot.history import fit_turns, join_turns, speaker_type_ids
+from chatbot.history import fit_turns
+from chatbot.layout import join_turns, speaker_token_ids, speaker_type_ids
 from chatbot.mmi import score_replies
 from chatbot.modeling import context_limit, load_model
 from chatbot.options import SamplingOptions
@@ -33,6 +37,7 @@ from chatbot.tokenization import (
 )
 
 log = logging.getLogger(__name__)
+_now = time.monotonic  # one clock for conversation ages; tests replace it
 
 
 class _Model:
@@ -43,11 +48,7 @@ class _Model:
         self.max_len = context_limit(model, training_args)
         self.speaker_ids = None
         if training_args.get("speaker_ids"):
-            ids = tokenizer.convert_tokens_to_ids(["[speaker1]", "[speaker2]"])
-            if tokenizer.unk_token_id in ids:
-                raise ValueError("the model was trained with speaker ids but its vocabulary lacks "
-                                 "[speaker1]/[speaker2]; use the tokenizer saved with the model")
-            self.speaker_ids = tuple(ids)
+            self.speaker_ids = speaker_token_ids(tokenizer.get_vocab())
 
 
 class ChatBot:
@@ -59,16 +60,29 @@ class ChatBot:
 
     def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
                  backward: tuple[GPT2LMHeadModel, dict] | None = None, max_history: int = 3,
-                 options: SamplingOptions = SamplingOptions()):
+                 options: SamplingOptions = SamplingOptions(), max_conversations: int | None = 10_000,
+                 conversation_ttl: float | None = None, stream_timeout: float = 30.0):
         """Wrap loaded models; most callers want `from_pretrained`.
 
         Args:
             backward: (backward model, its training args) for MMI reranking, sharing `tokenizer`.
             max_history: turns the model sees, the new message included (>= 1).
             options: default sampling options; each call may override them.
+            max_conversations: `conversation(user_id)` keeps at most this many, forgetting the
+                least recently used first (None: no limit).
+            conversation_ttl: seconds after which a conversation not fetched by `conversation()`
+                is forgotten (None: never).
+            stream_timeout: seconds a reply stream may be left unread while another turn of the
+                same conversation waits, before that turn goes ahead.
         """
         if max_history < 1:
             raise ValueError(f"max_history must be >= 1 (it counts the message itself), got {max_history}")
+        for name, value in [("max_conversations", max_conversations), ("conversation_ttl", conversation_ttl),
+                            ("stream_timeout", stream_timeout)]:
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0{'' if name == 'stream_timeout' else ' or None'}, got {value}")
+        self.max_conversations, self.conversation_ttl = max_conversations, conversation_ttl
+        self.stream_timeout = stream_timeout
         self.tokenizer = tokenizer
         self.max_history = max_history
         self._forward = _Model(model, tokenizer, training_args or {})
@@ -77,12 +91,14 @@ class ChatBot:
         self._banned = self._hidden - {tokenizer.sep_token_id}
         self.options = self.resolve_options(options)
         self._default = Conversation(self)
-        self._conversations: dict[str, Conversation] = {}
+        self._conversations: OrderedDict[str, Conversation] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", *, dtype: str = "auto",
-                        mmi_model: str | Path | None = None, max_history: int = 3, **sampling) -> ChatBot:
+                        mmi_model: str | Path | None = None, max_history: int = 3,
+                        max_conversations: int | None = 10_000, conversation_ttl: float | None = None,
+                        stream_timeout: float = 30.0, **sampling) -> ChatBot:
         """Load a model folder written by `chatbot-train`.
 
         Args:
@@ -92,6 +108,7 @@ class ChatBot:
                 natively), "fp32", "bf16" or "int8" (CPU only); see `chatbot.precision`.
             mmi_model: a backward model folder (`chatbot-train --reverse`) to rerank candidates.
             max_history: turns the model sees, the new message included.
+            max_conversations, conversation_ttl, stream_timeout: see `ChatBot.__init__`.
             **sampling: default `SamplingOptions` fields, e.g. temperature=0.7, num_candidates=5.
 
         Raises:
@@ -109,7 +126,8 @@ class ChatBot:
                                  "train both with the same --vocab")
             backward = (back_model, back_args)
         return cls(model, tokenizer, training_args=training_args, backward=backward,
-                   max_history=max_history, options=options)
+                   max_history=max_history, options=options, max_conversations=max_conversations,
+                   conversation_ttl=conversation_ttl, stream_timeout=stream_timeout)
 
     @property
     def device(self) -> torch.device:
@@ -153,9 +171,29 @@ class ChatBot:
         return self._default.history
 
     def conversation(self, user_id: str) -> Conversation:
-        """The conversation of `user_id`, created on first use; the same object every time."""
+        """The conversation of `user_id`, created on first use, the same object until it is
+        forgotten (see `max_conversations` and `conversation_ttl`)."""
         with self._lock:
-            return self._conversations.setdefault(user_id, Conversation(self))
+            conv = self._conversations.pop(user_id, None) or Conversation(self)
+            self._conversations[user_id] = conv
+            conv.last_used = _now()
+            self._forget_idle()
+            return conv
+
+    def _forget_idle(self) -> None:
+        """Drop the least recently used conversations beyond the limits; one replying stays."""
+        now = _now()
+        for _ in range(len(self._conversations)):
+            user_id, conv = next(iter(self._conversations.items()))
+            too_many = self.max_conversations is not None and len(self._conversations) > self.max_conversations
+            expired = self.conversation_ttl is not None and now - conv.last_used > self.conversation_ttl
+            if not (too_many or expired):
+                return
+            if conv.busy:  # in use, so not idle: count it as used now
+                conv.last_used = now
+                self._conversations.move_to_end(user_id)
+            else:
+                del self._conversations[user_id]
 
     def generate(self, text: str, history: list[str], *, seed: int | None = None, **changes) -> Iterator[str]:
         """Yield the reply to `text` after `history`, in pieces; touches no stored history.
@@ -217,18 +255,34 @@ class ChatBot:
 
 
 class Conversation:
-    """One user's history. Turns of one conversation run one at a time, in order."""
+    """One user's history. Turns of one conversation run one at a time, in order.
+
+    A reply holds the conversation's turn from its first piece until it ends, is closed or is
+    garbage-collected. A stream that is kept but no longer read holds it only while nobody else
+    waits: once another turn has waited `ChatBot.stream_timeout` seconds on it, that turn goes
+    ahead, and the stale stream raises `RuntimeError` if it is read again.
+    """
 
     def __init__(self, bot: ChatBot):
         self._bot = bot
         self._turns: list[str] = []
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._holder: object | None = None  # the token of the turn in progress
+        self._paused_at: float | None = None  # when the holder last handed out a piece, unread since
+        self.last_used = _now()
 
     @property
     def history(self) -> list[str]:
-        """The turns so far, oldest first: message, reply, message, reply, ..."""
-        with self._lock:
+        """The turns kept, oldest first: message, reply, ... Only the newest `max_history + 1`
+        are kept: those the model sees with the next message, and those a retry needs."""
+        with self._cond:
             return list(self._turns)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a turn is in progress."""
+        with self._cond:
+            return self._holder is not None
 
     def reply(self, text: str, **options) -> str:
         """Answer `text` and remember the exchange (same options as `ChatBot.reply`)."""
@@ -237,23 +291,66 @@ class Conversation:
     def stream(self, text: str, **options) -> Iterator[str]:
         """Yield the reply in pieces. The exchange is remembered only once the reply is complete,
         so an interrupted reply (Ctrl-C, or the caller stopping early) leaves no trace."""
-        with self._lock:
+        with self._turn() as token:
             pieces = []
-            for piece in self._bot.generate(text, self._turns, **options):
+            for piece in self._bot.generate(text, list(self._turns), **options):
                 pieces.append(piece)
+                self._pause(token)
                 yield piece
-            self._turns += [text, "".join(pieces)]
+                self._resume(token)
+            keep = self._bot.max_history + 1
+            with self._cond:
+                self._turns = [*self._turns, text, "".join(pieces)][-keep:]
 
     def reset(self) -> None:
         """Forget the history."""
-        with self._lock:
-            self._turns.clear()
+        with self._turn():
+            self._turns = []
 
     def undo(self) -> str | None:
         """Drop the last exchange and return its message (None if there is none), e.g. to retry it."""
-        with self._lock:
+        with self._turn():
             if not self._turns:
                 return None
             text = self._turns[-2]
-            del self._turns[-2:]
+            self._turns = self._turns[:-2]
             return text
+
+    @contextmanager
+    def _turn(self) -> Iterator[object]:
+        """Wait for the turn in progress to end, or to leave its stream unread too long; then hold it."""
+        token = object()
+        timeout = self._bot.stream_timeout
+        with self._cond:
+            while self._holder is not None:
+                if self._paused_at is None:  # the holder is generating: it notifies when it pauses or ends
+                    self._cond.wait()
+                    continue
+                left = timeout - (_now() - self._paused_at)
+                if left <= 0:
+                    log.warning("a reply stream was left unread for %.0f s while a new turn waited; "
+                                "the new turn goes ahead (close() streams you stop reading)", timeout)
+                    break
+                self._cond.wait(left)
+            self._holder, self._paused_at = token, None
+        try:
+            yield token
+        finally:
+            with self._cond:
+                if self._holder is token:
+                    self._holder, self._paused_at = None, None
+                    self._cond.notify_all()
+
+    def _pause(self, token: object) -> None:
+        with self._cond:
+            if self._holder is token:
+                self._paused_at = _now()
+                self._cond.notify_all()
+
+    def _resume(self, token: object) -> None:
+        with self._cond:
+            if self._holder is not token:
+                raise RuntimeError(f"this reply stream was left unread for more than {self._bot.stream_timeout} s "
+                                   "while another turn of the conversation waited, so that turn went ahead; "
+                                   "read streams to the end or close() them")
+            self._paused_at = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -210,8 +211,9 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--candidates", metavar="N", dest="num_candidates", type=_option_type("num_candidates", int),
         default=d.num_candidates,
         help="replies sampled per message in one batch; > 1 needs --mmi-model (default: %(default)s)")
-    add("--log-dir", metavar="DIR", default="chat_logs",
-        help="where the transcript is saved on exit (default: %(default)s)")
+    add("--log-dir", metavar="DIR", default=None,
+        help="folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/transcripts, else "
+             "~/.local/share/chatbot/transcripts; a piped chat saves one only when this is given)")
     add("--no-transcript", action="store_true", help="do not save a transcript on exit")
     add("--history-file", metavar="FILE", default=str(Path.home() / ".chatbot_history"),
         help="keeps the lines you type, for Up-arrow recall across sessions (default: %(default)s)")
@@ -229,7 +231,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _chat(args))
 
 
-def _chat(args: argparse.Namespace) -> None:
+def _chat(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and flag errors answer without loading torch.
     from rich.console import Console
     from transformers.utils import logging as hf_logging
@@ -237,24 +239,61 @@ def _chat(args: argparse.Namespace) -> None:
     from chatbot.bot import ChatBot
     from chatbot.repl import Session, prompt_reader, run_piped, run_repl
 
+    log_dir, autosave = _transcript_plan(args)  # before loading: a bad --log-dir fails at once
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
     options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__}
     bot = ChatBot.from_pretrained(args.model, args.device, dtype=args.dtype, mmi_model=args.mmi_model,
                                   max_history=args.max_history, **options)
-    session = Session(bot, model_name=str(args.model), log_dir=Path(args.log_dir), seed=args.seed)
+    session = Session(bot, model_name=str(args.model), log_dir=log_dir, seed=args.seed)
+    saved = True
     try:
         if sys.stdin.isatty():
             run_repl(session, prompt_reader(args.history_file), Console())
         else:
             run_piped(session, sys.stdin, sys.stdout)
     finally:
-        if session.transcript and not args.no_transcript:
-            print(f"transcript saved to {session.save(session.default_path())}", file=sys.stderr)
+        if autosave and session.transcript:
+            saved = _save_transcript(session)
+    return 0 if saved else EXIT_USAGE
+
+
+def _transcript_plan(args: argparse.Namespace) -> tuple[Path, bool]:
+    """(transcript folder, save on exit?). A terminal chat saves into the per-user data folder unless
+    told otherwise; a piped one only into an explicit --log-dir (its stdout already is the record)."""
+    from chatbot.repl import default_transcript_dir
+
+    log_dir = Path(args.log_dir).expanduser() if args.log_dir else default_transcript_dir()
+    autosave = not args.no_transcript and (args.log_dir is not None or sys.stdin.isatty())
+    if autosave:
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(log_dir, os.W_OK | os.X_OK):
+                raise PermissionError(f"{log_dir} is not writable")
+        except OSError as e:
+            if args.log_dir:
+                raise ValueError(f"--log-dir {log_dir}: cannot write transcripts there ({e}); "
+                                 "choose another folder or pass --no-transcript") from None
+            print(f"warning: cannot write transcripts to {log_dir} ({e}); this chat will not be saved "
+                  "(--log-dir DIR saves it elsewhere)", file=sys.stderr)
+            autosave = False
+    return log_dir, autosave
+
+
+def _save_transcript(session) -> bool:
+    from chatbot.repl import printable
+
+    try:
+        path = session.save()
+    except OSError as e:
+        print(f"error: could not save the transcript: {printable(str(e))}", file=sys.stderr)
+        return False
+    print(f"transcript saved to {printable(str(path))}", file=sys.stderr)
+    return True
 
 
 def eval_parser() -> argparse.ArgumentParser:
     from chatbot.corpus import FORMATS
-    from chatbot.data import LOSS_ON
+    from chatbot.layout import LOSS_ON
 
     p = argparse.ArgumentParser(
         prog="chatbot-eval",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatbot.corpus import FORMATS
-from chatbot.data import LOSS_ON
+from chatbot.layout import LOSS_ON, SPEAKER_TOKENS
 
 
 def opt(default, help: str, **metadata):
@@ -33,7 +33,7 @@ class TrainConfig:
     max_len: int | None = opt(None, "tokens per training example (default: min(256, the model's n_positions))")
     loss_on: str = opt("all", "tokens that carry loss: all, replies (every turn but the first), last (final turn)",
                        choices=LOSS_ON)
-    speaker_ids: bool = opt(False, "add [speaker1]/[speaker2] token_type_ids alternating by turn")
+    speaker_ids: bool = opt(False, f"add {'/'.join(SPEAKER_TOKENS)} token_type_ids alternating by turn")
     reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
     # model
     config: str = opt("configs/tiny.json", "GPT2Config JSON for a model trained from scratch")

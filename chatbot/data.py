@@ -14,11 +14,17 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import BertTokenizerFast
 
+# IGNORE_INDEX, LOSS_ON, turn_index and reverse_turns are re-exported: they lived here before chatbot.layout.
+from chatbot.layout import (  # noqa: F401
+    IGNORE_INDEX,
+    LOSS_ON,
+    label_mask,
+    reverse_turns,
+    speaker_token_ids,
+    turn_index,
+)
 from chatbot.preprocess import FORMAT_VERSION, cache_key, is_fresh, preprocess
 from chatbot.tokenization import vocab_fingerprint
-
-IGNORE_INDEX = -100  # positions the loss skips (torch's cross_entropy default)
-LOSS_ON = ("all", "replies", "last")
 
 
 class TokenDataset(Dataset):
@@ -95,20 +101,13 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_
     `labels` equal `input_ids` where the loss applies and IGNORE_INDEX elsewhere; GPT2LMHeadModel
     shifts them itself, so the logits at position t are scored against labels[t + 1].
 
-    loss_on: "all" every token (GPT2-chitchat), "replies" every turn but the first (DialoGPT),
-    "last" only the final turn (CDial-GPT). A turn's closing [SEP] counts as part of it, so the
-    model learns where replies end; [CLS] never has a label. `reverse` reverses the turn order
-    of every example first (the backward model of MMI reranking).
+    `loss_on` picks the turns that carry loss (see `chatbot.layout.label_mask`). `reverse`
+    reverses the turn order of every example first (the backward model of MMI reranking).
     """
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
     pad_id, sep_id = tokenizer.pad_token_id, tokenizer.sep_token_id
-    speakers = None
-    if speaker_ids:
-        vocab = tokenizer.get_vocab()
-        if "[speaker1]" not in vocab or "[speaker2]" not in vocab:
-            raise ValueError("speaker ids need [speaker1] and [speaker2] in the vocabulary (vocab/vocab.txt has them)")
-        speakers = np.array([vocab["[speaker1]"], vocab["[speaker2]"]])
+    speakers = np.array(speaker_token_ids(tokenizer.get_vocab())) if speaker_ids else None
 
     def collate(batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
         if reverse:
@@ -122,13 +121,9 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_
             n = len(ids)
             input_ids[row, :n] = ids
             mask[row, :n] = 1
-            turn = turn_index(ids, sep_id)
-            first = {"all": 0, "replies": 1, "last": turn[-1]}[loss_on]
-            keep = turn >= first
-            keep[0] = False  # [CLS] is given, never predicted
-            labels[row, :n] = np.where(keep, ids, IGNORE_INDEX)
+            labels[row, :n] = np.where(label_mask(ids, sep_id, loss_on), ids, IGNORE_INDEX)
             if speakers is not None:
-                types[row, :n] = speakers[turn % 2]
+                types[row, :n] = speakers[turn_index(ids, sep_id) % 2]
         out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
                "labels": torch.from_numpy(labels)}
         if speakers is not None:
@@ -136,23 +131,6 @@ def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_
         return out
 
     return collate
-
-
-def turn_index(ids: np.ndarray, sep_id: int) -> np.ndarray:
-    """The 0-based turn of each position; a turn's closing [SEP] belongs to it.
-
-    `[CLS] a a [SEP] b [SEP]` -> `0 0 0 0 1 1`.
-    """
-    is_sep = (ids == sep_id).astype(np.int64)
-    return np.cumsum(is_sep) - is_sep
-
-
-def reverse_turns(ids: np.ndarray, sep_id: int) -> np.ndarray:
-    """`[CLS] a [SEP] b [SEP]` -> `[CLS] b [SEP] a [SEP]`."""
-    body = ids[1:]
-    ends = np.flatnonzero(body == sep_id) + 1
-    turns = np.split(body, ends[:-1])
-    return np.concatenate([ids[:1], *turns[::-1]])
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):

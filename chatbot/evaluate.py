@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from chatbot.data import IGNORE_INDEX, LengthGroupedBatchSampler
+from chatbot.data import LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
+from chatbot.layout import IGNORE_INDEX, split_turns
 from chatbot.metrics import reply_metrics
-from chatbot.preprocess import split_at
 from chatbot.tokenization import decode_ids
 
 
@@ -63,9 +63,7 @@ GREEDY = {"temperature": 0.0}
 
 def example_turns(dataset, tokenizer, index: int) -> list[str]:
     """The turns of an encoded example as text: `[CLS] a [SEP] b [SEP]` -> ["a", "b"]."""
-    # Every turn ends with [SEP], so the last part split_at returns is the empty tail.
-    parts = split_at(dataset[index][1:].tolist(), tokenizer.sep_token_id)[:-1]
-    return [decode_ids(tokenizer, part) for part in parts]
+    return [decode_ids(tokenizer, turn) for turn in split_turns(dataset[index].tolist(), tokenizer.sep_token_id)]
 
 
 def sample_indices(n_total: int, n: int | None, seed: int) -> list[int]:

@@ -1,24 +1,13 @@
-"""Turn a conversation (a list of turns as ids) into the model's input, within its length limit.
+"""Choose the turns of a conversation the model sees, within its length limit.
 
-The input is `[CLS] t1 [SEP] t2 [SEP] … tn [SEP]`, the same layout training uses, and the model's
+The input is laid out as `chatbot.layout` says (the layout training uses), and the model's
 reply is the next turn. Pure functions on ids: no tokenizer, no torch.
 """
 
 from __future__ import annotations
 
-
-def join_turns(turns: list[list[int]], *, cls_id: int, sep_id: int) -> list[int]:
-    """`[CLS] t1 [SEP] t2 [SEP] …`: the ids of `turns` in the training layout."""
-    ids = [cls_id]
-    for turn in turns:
-        ids += turn
-        ids.append(sep_id)
-    return ids
-
-
-def context_length(turns: list[list[int]]) -> int:
-    """Length of `join_turns(turns)`: [CLS] plus each turn and its [SEP]."""
-    return 1 + sum(len(turn) + 1 for turn in turns)
+# join_turns and speaker_type_ids are re-exported: they lived here before chatbot.layout.
+from chatbot.layout import context_length, join_turns, speaker_type_ids  # noqa: F401
 
 
 def fit_turns(turns: list[list[int]], *, max_history: int, max_len: int) -> tuple[list[list[int]], str | None]:
@@ -56,18 +45,3 @@ def fit_turns(turns: list[list[int]], *, max_history: int, max_len: int) -> tupl
               f"reply; only its last {room} tokens were used")
     return [turns[0][-room:]], notice
 
-
-def speaker_type_ids(ids: list[int], *, sep_id: int, speaker_ids: tuple[int, int]) -> tuple[list[int], int]:
-    """Segment ids marking who speaks: turn i gets `speaker_ids[i % 2]`.
-
-    A turn's [SEP] belongs to it, and the leading [CLS] to turn 0, as in training.
-
-    Returns:
-        (one segment id per input id, the segment id of the next turn, i.e. the reply).
-    """
-    types = []
-    turn = 0
-    for token_id in ids:
-        types.append(speaker_ids[turn % 2])
-        turn += token_id == sep_id
-    return types, speaker_ids[turn % 2]

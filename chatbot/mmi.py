@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from chatbot.history import context_length, join_turns, speaker_type_ids
-
-IGNORE_INDEX = -100
+from chatbot.layout import IGNORE_INDEX, context_length, join_turns, speaker_type_ids
 
 
 def backward_input(reply: list[int], turns: list[list[int]], *, cls_id: int, sep_id: int,

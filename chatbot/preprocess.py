@@ -31,6 +31,7 @@ from transformers import BertTokenizerFast
 
 from chatbot.corpus import CorpusStats, detect_format, read_dialogues
 from chatbot.fileio import atomic_dir
+from chatbot.layout import join_turns, split_at
 from chatbot.tokenization import encode_texts, vocab_fingerprint
 
 FORMAT_VERSION = 1
@@ -97,7 +98,8 @@ class Encoder:
         for joined in encode_texts(self.tokenizer, [self.sep_text.join(d) for d in dialogues]):
             turns = split_at(joined, self.sep)
             if len(joined) + 2 <= self.max_len and len(turns) >= 2 and all(turns):
-                self._emit([self.cls, *joined, self.sep], ids, lengths, stats)  # the common case: fits whole
+                # The common case, the whole dialogue fits: join_turns(turns) is [CLS] + joined + [SEP].
+                self._emit([self.cls, *joined, self.sep], ids, lengths, stats)
                 continue
             turns = [t for t in turns if t]  # a turn of only control chars encodes empty
             if len(turns) < 2:
@@ -110,11 +112,7 @@ class Encoder:
             windows = window_turns([len(t) for t in turns], self.max_len)
             stats.windowed_dialogues += len(windows) > 1
             for start, end in windows:
-                example = [self.cls]
-                for turn in turns[start:end]:
-                    example += turn
-                    example.append(self.sep)
-                self._emit(example, ids, lengths, stats)
+                self._emit(join_turns(turns[start:end], cls_id=self.cls, sep_id=self.sep), ids, lengths, stats)
         return ids, lengths, stats
 
     def _emit(self, example: list[int], ids: list[int], lengths: list[int], stats: EncodeStats) -> None:
@@ -123,19 +121,6 @@ class Encoder:
         stats.examples += 1
         stats.tokens += len(example)
         stats.unk += example.count(self.unk)
-
-
-def split_at(ids: list[int], sep: int) -> list[list[int]]:
-    """`ids` cut at every `sep` (dropped): [a, S, b, c] -> [[a], [b, c]]."""
-    parts, start = [], 0
-    while True:
-        try:
-            end = ids.index(sep, start)
-        except ValueError:
-            parts.append(ids[start:])
-            return parts
-        parts.append(ids[start:end])
-        start = end + 1
 
 
 def _chunks(items: Iterable[list[str]], size: int) -> Iterator[list[list[str]]]:

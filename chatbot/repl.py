@@ -2,11 +2,15 @@
 
 Two modes share one `Session`: `run_repl` for a person at a terminal (commands, streaming,
 Ctrl-C to stop a reply) and `run_piped` for scripts (one reply per input line, nothing else).
+Text that came from a user or the model is shown through `printable`, so it cannot steer the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -18,11 +22,26 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from chatbot.bot import ChatBot, Conversation
 from chatbot.options import SamplingOptions
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+# C0/C1 controls (ESC starts terminal escape sequences) and the bidi overrides that reorder a line.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as escapes (`\\x1b`), safe to print to a terminal."""
+    return _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def default_transcript_dir() -> Path:
+    """$XDG_DATA_HOME/chatbot/transcripts, else ~/.local/share/chatbot/transcripts (the XDG default)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "chatbot" / "transcripts"
 
 
 @dataclass
@@ -31,21 +50,23 @@ class Session:
 
     bot: ChatBot
     model_name: str
-    log_dir: Path = Path("chat_logs")  # where transcripts go unless /save names a file
+    log_dir: Path = field(default_factory=default_transcript_dir)  # where save() without a path writes
     seed: int | None = None  # reply i uses seed + i, so a session replays exactly
     options: SamplingOptions | None = None  # None: the bot's defaults
     transcript: list[dict] = field(default_factory=list)
     started: datetime = field(default_factory=datetime.now)
     replies: int = 0
     conversation: Conversation = field(init=False)
+    written: set[Path] = field(default_factory=set)  # files this session wrote: the only ones it rewrites
+    own_file: Path | None = None  # its file in log_dir, named once with a unique part
 
     def __post_init__(self):
         self.options = self.options or self.bot.options
         self.conversation = Conversation(self.bot)
 
-    def respond(self, text: str, show: Callable[[str], None] = lambda piece: None) -> str:
+    def respond(self, text: str, show: Callable[[str], None] = lambda piece: None, *, retry: bool = False) -> str:
         """Stream the reply to `text` into `show` and record it; an interrupted reply is recorded
-        as such before the interrupt goes on."""
+        as such before the interrupt goes on. `retry`: this replaces the last exchange."""
         seed = None if self.seed is None else self.seed + self.replies
         self.replies += 1
         pieces: list[str] = []
@@ -56,25 +77,84 @@ class Session:
                     pieces.append(piece)
                     show(piece)
         except KeyboardInterrupt:
-            self.transcript.append({"user": text, "bot": "".join(pieces), "interrupted": True})
+            self._record(text, pieces, retry, interrupted=True)
             raise
-        self.transcript.append({"user": text, "bot": "".join(pieces)})
+        self._record(text, pieces, retry)
         return "".join(pieces)
+
+    def _record(self, text: str, pieces: list[str], retry: bool, interrupted: bool = False) -> None:
+        entry = {"user": text, "bot": "".join(pieces)}
+        if retry:
+            entry["retry"] = True
+        if interrupted:
+            entry["interrupted"] = True
+        self.transcript.append(entry)
+
+    def turns(self) -> list[str]:
+        """The conversation since the last reset, as the bot lived it: message, reply, ..."""
+        turns: list[str] = []
+        for entry in self.transcript:
+            if entry.get("event") == "reset":
+                turns = []
+                continue
+            if entry.get("retry"):  # the retried exchange was forgotten before this one began
+                del turns[-2:]
+            if not entry.get("interrupted"):
+                turns += [entry["user"], entry["bot"]]
+        return turns
 
     def to_json(self) -> dict:
         settings = {**asdict(self.options), "max_history": self.bot.max_history, "seed": self.seed}
         return {"model": self.model_name, "started": self.started.isoformat(timespec="seconds"),
                 "settings": settings, "turns": self.transcript}
 
-    def save(self, path: str | Path) -> Path:
-        """Write the transcript with the settings as JSON and return the path."""
-        path = Path(path)
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the transcript with the settings as UTF-8 JSON and return the path.
+
+        Without `path`, into this session's own file in `log_dir`, named
+        `chat-YYYYmmdd-HHMMSS-XXXXXX.json` with a random part, so sessions never share a file.
+
+        Raises:
+            FileExistsError: if `path` is a file this session did not write (it is left alone).
+            OSError: if the file cannot be written.
+        """
+        text = json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n"
+        if path is None and self.own_file is None:
+            self.own_file = _write_new(self.log_dir, f"chat-{self.started:%Y%m%d-%H%M%S}-{{}}.json", text)
+            self.written.add(self.own_file)
+            return self.own_file
+        path = Path(path).expanduser() if path is not None else self.own_file
+        if path in self.written:
+            _replace(path, text)
+            return path
+        if path.exists():
+            raise FileExistsError(f"{path} exists and this session did not write it; it is left as it is, "
+                                  "choose another file name")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        with open(path, "x", encoding="utf-8") as f:  # "x": never replace a file made meanwhile
+            f.write(text)
+        self.written.add(path)
         return path
 
-    def default_path(self) -> Path:
-        return self.log_dir / f"chat-{self.started:%Y%m%d-%H%M%S}.json"
+
+def _write_new(folder: Path, pattern: str, text: str) -> Path:
+    """Write `text` to a new file in `folder` named `pattern` with a random part; never overwrites."""
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = folder / pattern.format(secrets.token_hex(3))
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _replace(path: Path, text: str) -> None:
+    """Rewrite a file this session wrote; a crash leaves the old or the new version, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def prompt_reader(history_file: str | Path | None, **session_args) -> Callable[[], str]:
@@ -92,7 +172,8 @@ def prompt_reader(history_file: str | Path | None, **session_args) -> Callable[[
 
 def run_repl(session: Session, read_line: Callable[[], str], console: Console) -> None:
     """Chat until /quit or end of input (Ctrl-D). Ctrl-C cancels the line or stops the reply."""
-    console.print(f"chatting with [bold]{escape(session.model_name)}[/] · /help for commands · Ctrl-D to quit",
+    console.print(f"chatting with [bold]{escape(printable(session.model_name))}[/] · /help for commands · "
+                  "Ctrl-D to quit",
                   highlight=False)
     while True:
         try:
@@ -119,10 +200,11 @@ def run_piped(session: Session, lines: Iterable[str], out: TextIO) -> None:
         print(session.respond(text) if text.strip() else "", file=out, flush=True)
 
 
-def _show_reply(session: Session, text: str, console: Console) -> None:
+def _show_reply(session: Session, text: str, console: Console, retry: bool = False) -> None:
     console.print("bot › ", style="bold cyan", end="")
     try:
-        session.respond(text, lambda piece: console.print(piece, end="", markup=False, highlight=False))
+        session.respond(text, lambda piece: console.print(printable(piece), end="", markup=False, highlight=False),
+                        retry=retry)
     except KeyboardInterrupt:
         console.print(" [dim](stopped; this exchange is forgotten)[/]", end="")
     console.print()
@@ -142,11 +224,19 @@ def _reset(session: Session, arg: str, console: Console) -> bool:
 
 
 def _history(session: Session, arg: str, console: Console) -> bool:
-    turns = session.conversation.history
+    turns = session.turns()
     if not turns:
         console.print("[dim]no history yet[/]")
+        return True
+    seen = min(session.bot.max_history - 1, len(turns))  # the new message is the last of max_history
+    console.print(f"[dim]the conversation since the last /reset; ▸ marks the {seen} newest turns, which the bot "
+                  "sees with your next message (fewer if they are too long for the model)[/]", highlight=False)
     for i, turn in enumerate(turns):
-        console.print(f"{'you' if i % 2 == 0 else 'bot'} › {turn}", markup=False, highlight=False)
+        inside = i >= len(turns) - seen
+        line = Text(f"{'▸' if inside else ' '} {i + 1:>3}  {'you' if i % 2 == 0 else 'bot'}: ",
+                    style="" if inside else "dim")
+        line.append(printable(turn), style="" if inside else "dim")
+        console.print(line, highlight=False)
     return True
 
 
@@ -162,8 +252,12 @@ def _set(session: Session, arg: str, console: Console) -> bool:
 
 
 def _save(session: Session, arg: str, console: Console) -> bool:
-    path = session.save(arg or session.default_path())
-    console.print(f"[dim]transcript saved to {path}[/]")
+    try:
+        path = session.save(arg or None)
+    except OSError as e:
+        console.print(f"[red]error:[/] cannot save the transcript: {escape(printable(str(e)))}", highlight=False)
+        return True
+    console.print(f"[dim]transcript saved to {escape(printable(str(path)))}[/]", highlight=False)
     return True
 
 
@@ -172,7 +266,7 @@ def _retry(session: Session, arg: str, console: Console) -> bool:
     if text is None:
         console.print("[dim]nothing to retry yet[/]")
     else:
-        _show_reply(session, text, console)
+        _show_reply(session, text, console, retry=True)
     return True
 
 
@@ -184,9 +278,9 @@ def _quit(session: Session, arg: str, console: Console) -> bool:
 _COMMANDS: dict[str, tuple[Callable[[Session, str, Console], bool], str]] = {
     "/help": (_help, "show this help"),
     "/reset": (_reset, "forget the conversation so far (the transcript keeps it)"),
-    "/history": (_history, "show the turns the bot remembers"),
+    "/history": (_history, "show the conversation; ▸ marks the turns the bot sees with your next message"),
     "/set": (_set, "/set name=value ...: change sampling options; /set alone shows them"),
-    "/save": (_save, "/save [FILE]: write the transcript and settings as JSON"),
+    "/save": (_save, "/save [FILE]: write the transcript and settings as JSON (never over a file it did not write)"),
     "/retry": (_retry, "sample the last reply again"),
     "/quit": (_quit, "leave (Ctrl-D does too); Ctrl-C stops a reply being written"),
 }

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
+from chatbot.layout import REQUIRED_TOKENS, SPEAKER_TOKENS
+
 # Tokens that can appear in a vocabulary but must never reach a user: specials, speaker markers,
 # and BERT's reserved [unusedN] slots (bert-base-chinese style vocabularies have 99 of them).
 _HIDDEN_PREFIXES = ("[unused",)
@@ -37,13 +39,13 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     # BertTokenizerFast appends specials the file lacks as extra ids past the vocabulary, which
     # a model's embedding would not cover: require them in the file itself.
     n_file = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
-    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if vocab.get(t, n_file) >= n_file]
+    missing = [t for t in REQUIRED_TOKENS if vocab.get(t, n_file) >= n_file]
     if missing:
         raise ValueError(f"{path}: the vocabulary lacks {', '.join(missing)}; a BERT-style vocab.txt "
                          "starts with [PAD] [UNK] [CLS] [SEP] [MASK] (see vocab/vocab.txt)")
     # Speaker markers are ordinary vocabulary lines; registering them keeps WordPiece from
     # splitting them if they ever appear in text.
-    extra = [t for t in ("[speaker1]", "[speaker2]") if t in vocab]
+    extra = [t for t in SPEAKER_TOKENS if t in vocab]
     if extra:
         tokenizer.add_special_tokens({"additional_special_tokens": extra})
     return tokenizer
@@ -66,7 +68,7 @@ def hidden_token_ids(tokenizer: BertTokenizerFast) -> set[int]:
     """Ids that decoding drops and sampling must never produce."""
     vocab = tokenizer.get_vocab()
     ids = set(tokenizer.all_special_ids)
-    ids.update(i for t, i in vocab.items() if t.startswith(_HIDDEN_PREFIXES) or t in ("[speaker1]", "[speaker2]"))
+    ids.update(i for t, i in vocab.items() if t.startswith(_HIDDEN_PREFIXES) or t in SPEAKER_TOKENS)
     return ids
 
 

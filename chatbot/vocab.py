@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-# [PAD] must be id 0: padding and embeddings assume it. The speaker tokens are optional
-# token_type_ids for models trained with --speaker-ids.
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[speaker1]", "[speaker2]"]
+# The head of every vocabulary written here ([PAD] first, as id 0); the speaker tokens are
+# optional token_type_ids for models trained with --speaker-ids.
+from chatbot.layout import SPECIAL_TOKENS
 
 # Common symbols a chat contains beyond letters and punctuation. Kept explicit so the file is
 # reproducible and reviewable.

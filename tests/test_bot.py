@@ -184,7 +184,8 @@ def test_eight_threads_eight_conversations_no_crossed_history(tmp_path, tokenize
     assert errors == []
     for u in users:
         assert results[u] == expected[u]
-        assert bot.conversation(u).history == [t for pair in zip(messages[u], expected[u]) for t in pair]
+        # max_history 3 + 1 turns are kept: what the model sees next, and what /retry needs.
+        assert bot.conversation(u).history == [t for pair in zip(messages[u], expected[u]) for t in pair][-4:]
     assert bot.history == []
 
 
@@ -196,3 +197,64 @@ def test_example_bot_serves_several_users(tiny_model_dir, monkeypatch, capsys):
     lines = out.out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["alice", "bob", "alice"]
     assert "expected 'user: message'" in out.err
+
+
+def reply_in_thread(conv, text: str, timeout: float = 20) -> str:
+    """conv.reply(text), failing the test instead of hanging if the conversation stays locked."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(conv.reply(text, seed=0)), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "reply() blocked: the conversation stayed locked"
+    return result[0]
+
+
+@pytest.mark.parametrize("drop", ["close", "del"])
+def test_a_closed_or_dropped_stream_releases_its_conversation_at_once(tiny_model_dir, drop):
+    bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_new_tokens=8, min_new_tokens=8,
+                                  stream_timeout=1e6)
+    conv = bot.conversation("u")
+    stream = conv.stream("你好")
+    next(stream)
+    if drop == "close":
+        stream.close()
+    else:
+        del stream  # CPython closes a generator when its last reference goes
+    assert reply_in_thread(conv, "谢谢") == bot.reply("谢谢", history=[], seed=0)
+    assert conv.history[0] == "谢谢"
+
+
+def test_an_unread_stream_lets_the_next_turn_go_after_the_timeout(tiny_model_dir):
+    bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_new_tokens=8, min_new_tokens=8,
+                                  stream_timeout=0.2)
+    conv = bot.conversation("u")
+    kept = conv.stream("你好")  # read once, then neither read nor closed, as a broken client leaves it
+    next(kept)
+    assert reply_in_thread(conv, "谢谢") == bot.reply("谢谢", history=[], seed=0)
+    with pytest.raises(RuntimeError, match="left unread for more than 0.2 s"):
+        next(kept)
+    assert conv.history[0] == "谢谢" and len(conv.history) == 2
+
+
+def test_history_keeps_only_what_the_model_and_retry_can_use(tiny_model_dir):
+    bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_new_tokens=2, max_history=3)
+    full = []
+    for i in range(10):
+        full += [f"你{i % 3}", bot.reply(f"你{i % 3}", seed=i)]
+    assert bot.history == full[-4:]
+    # what the model saw is unchanged by the trimming
+    assert bot.reply("好", seed=99) == bot.reply("好", history=full, seed=99)
+
+
+def test_conversations_are_forgotten_least_recently_used_first_and_after_the_ttl(tiny_model_dir, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("chatbot.bot._now", lambda: clock[0])
+    bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_conversations=2, conversation_ttl=60)
+    a, b = bot.conversation("a"), bot.conversation("b")
+    assert bot.conversation("a") is a
+    bot.conversation("c")  # over the limit: b was used least recently
+    assert bot.conversation("a") is a and bot.conversation("b") is not b
+    clock[0] = 61.0
+    assert bot.conversation("c") is not None and bot.conversation("a") is not a  # a idle for 61 s
+    with pytest.raises(ValueError, match="max_conversations must be > 0 or None, got 0"):
+        ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_conversations=0)

@@ -55,7 +55,7 @@ def test_commands(session, tmp_path):
                           "/set top_p=2", "/set", "/retry", "/save " + str(tmp_path / "t.json"), "/reset",
                           "/history", "/quit", "not read"])
     assert "/retry" in text and "sample the last reply again" in text
-    assert "you › 你好\nbot › " in text
+    assert "▸   1  you: 你好\n▸   2  bot: " in text
     assert "temperature=0.0 top_k=3 top_p=1.0" in text and "penalize_context=True" in text
     assert "error: top_p must be a number in [0, 1] (1 = off), got 2.0" in text
     assert "transcript saved to" in text and "conversation forgotten" in text and "no history yet" in text
@@ -63,7 +63,7 @@ def test_commands(session, tmp_path):
     saved = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
     assert saved["model"] == "tiny" and saved["settings"]["temperature"] == 0.0
     assert saved["settings"]["max_history"] == 3 and saved["settings"]["seed"] == 7
-    assert [t["user"] for t in saved["turns"]] == ["你好", "你好"]  # the retry is recorded too
+    assert [(t["user"], t.get("retry")) for t in saved["turns"]] == [("你好", None), ("你好", True)]
     assert session.transcript[-1] == {"event": "reset"}
     assert "not read" not in json.dumps(session.transcript, ensure_ascii=False)
 
@@ -99,7 +99,7 @@ def test_prompt_toolkit_session_with_pipe_input(session, tmp_path):
     with create_pipe_input() as pipe:
         pipe.send_text("你好\n\x03/history\n\x04")  # a message, Ctrl-C, a command, Ctrl-D
         text = chat_with_reader(session, prompt_reader(history_file, input=pipe, output=DummyOutput()))
-    assert "bot › " in text and "you › 你好" in text
+    assert "bot › " in text and "1  you: 你好" in text
     assert "你好" in history_file.read_text(encoding="utf-8")
 
 
@@ -172,3 +172,57 @@ def test_missing_model_folder_exits_2_with_how_to_make_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: model folder not found: {tmp_path / 'nope'}")
     assert "chatbot-train" in err
+
+
+def test_history_marks_the_turns_the_bot_sees_and_escapes_control_characters(session):
+    text = chat(session, ["你好", "\x1b[2J\x1b]0;owned\x07谢谢", "今天", "/history"])
+    assert "\x1b" not in text and "\x07" not in text
+    shown = text[text.index("/reset"):].splitlines()  # the header names /reset, then one line per turn
+    turns = [line for line in shown if line.strip()[:1] in "▸0123456789"]
+    assert len(turns) == 6 and not any(line.startswith("you ›") for line in turns)
+    assert "\\x1b[2J\\x1b]0;owned\\x07谢谢" in turns[2]
+    assert [line.startswith("▸") for line in turns] == [False] * 4 + [True] * 2  # max_history 3: 2 turns + message
+    assert turns[-2].endswith("今天") and session.conversation.history[-2] == "今天"
+
+
+def test_save_to_an_unwritable_path_reports_and_the_chat_goes_on(session, tmp_path):
+    (tmp_path / "a-file").write_text("mine", encoding="utf-8")
+    text = chat(session, ["你好", f"/save {tmp_path / 'a-file' / 't.json'}", f"/save {tmp_path / 'a-file'}", "谢谢"])
+    assert text.count("error: cannot save the transcript") == 2 and "exists" in text
+    assert (tmp_path / "a-file").read_text(encoding="utf-8") == "mine"  # never overwritten
+    assert [t["user"] for t in session.transcript] == ["你好", "谢谢"]
+
+
+def test_transcripts_are_utf8_unique_per_session_and_mark_retries(tiny_model_dir, tmp_path):
+    bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_new_tokens=4)
+    first, second = (Session(bot, model_name="tiny", log_dir=tmp_path / "logs") for _ in range(2))
+    second.started = first.started  # two sessions started in the same second
+    chat(first, ["你好", "/retry"])
+    chat(second, ["谢谢"])
+    paths = [first.save(), second.save(), first.save()]
+    assert paths[0] == paths[2] != paths[1] and sorted((tmp_path / "logs").iterdir()) == sorted(paths[:2])
+    raw = paths[0].read_text(encoding="utf-8")
+    assert '"user": "你好"' in raw and "\\u" not in raw
+    assert [t.get("retry", False) for t in json.loads(raw)["turns"]] == [False, True]
+
+
+def test_transcripts_go_to_the_per_user_data_folder_and_piped_chats_save_none(tiny_model_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    from chatbot.repl import default_transcript_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_transcript_dir() == tmp_path / "data" / "chatbot" / "transcripts"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("你好\n"))
+    assert chat_main(["--model", str(tiny_model_dir), "--device", "cpu", "--max-len", "4"]) == 0
+    assert "transcript" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-model"]  # no chat_logs/, no data/
+
+
+def test_an_unwritable_log_dir_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("mine", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("你好\n"))
+    assert chat_main(["--model", str(tmp_path / "absent"), "--log-dir", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --log-dir {tmp_path / 'a-file'}: cannot write transcripts there") and "\n" == err[-1]
+    assert err.count("\n") == 1 and (tmp_path / "a-file").read_text(encoding="utf-8") == "mine"
