@@ -20,19 +20,29 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizerFast, GPT2LMHeadModel
+from transformers import BertTokenizerFast, PreTrainedModel
 
 from chatbot.distributed import resolve_device
 from chatbot.history import fit_turns
-from chatbot.layout import join_turns, speaker_token_ids, speaker_type_ids
+from chatbot.layout import (
+    CDIAL,
+    CHITCHAT,
+    EXTRA_TOKENS,
+    cdial_layout,
+    join_turns,
+    speaker_token_ids,
+    speaker_type_ids,
+)
 from chatbot.mmi import score_replies
-from chatbot.modeling import context_limit, load_model
+from chatbot.modeling import context_limit, dialogue_layout, load_model
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
 from chatbot.tokenization import (
     decode_ids,
     encode_texts,
     hidden_token_ids,
+    split_characters,
+    splits_characters,
     vocab_fingerprint,
 )
 
@@ -43,12 +53,23 @@ _now = time.monotonic  # one clock for conversation ages; tests replace it
 class _Model:
     """A loaded model with what generation needs to know about it."""
 
-    def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, training_args: dict):
+    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, training_args: dict):
         self.model = model
         self.max_len = context_limit(model, training_args)
+        self.layout = dialogue_layout(model.config.model_type, tokenizer, training_args)
         self.speaker_ids = None
-        if training_args.get("speaker_ids"):
+        if self.layout == CDIAL or training_args.get("speaker_ids"):
             self.speaker_ids = speaker_token_ids(tokenizer.get_vocab())
+
+    def context(self, turns: list[list[int]], *, cls_id: int, sep_id: int) -> tuple[list[int], list[int] | None, int | None]:
+        """(input ids, token_type_ids or None, the reply's token type id or None) asking for the next turn."""
+        ids = join_turns(turns, cls_id=cls_id, sep_id=sep_id)
+        if self.layout == CDIAL:
+            ids, types, _ = cdial_layout(ids, sep_id=sep_id, speaker_ids=self.speaker_ids, open_reply=True)
+            return ids.tolist(), types.tolist(), int(types[-1])
+        if self.speaker_ids:
+            return ids, *speaker_type_ids(ids, sep_id=sep_id, speaker_ids=self.speaker_ids)
+        return ids, None, None
 
 
 class ChatBot:
@@ -58,8 +79,8 @@ class ChatBot:
     history, and the model is only read.
     """
 
-    def __init__(self, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
-                 backward: tuple[GPT2LMHeadModel, dict] | None = None, max_history: int = 3,
+    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
+                 backward: tuple[PreTrainedModel, dict] | None = None, max_history: int = 3,
                  options: SamplingOptions = SamplingOptions(), max_conversations: int | None = 10_000,
                  conversation_ttl: float | None = None, stream_timeout: float = 30.0):
         """Wrap loaded models; most callers want `from_pretrained`.
@@ -86,7 +107,13 @@ class ChatBot:
         self.tokenizer = tokenizer
         self.max_history = max_history
         self._forward = _Model(model, tokenizer, training_args or {})
+        if self._forward.layout == CDIAL:
+            split_characters(tokenizer)  # what CDial-GPT's models read (load_model already did it)
+        self._spaced_words = not splits_characters(tokenizer)
         self._backward = _Model(backward[0], tokenizer, backward[1]) if backward else None
+        if self._backward and self._backward.layout != CHITCHAT:
+            raise ValueError("MMI reranking reads candidates in the [CLS] u [SEP] layout; the backward model "
+                             f"given reads the {self._backward.layout} layout: train it with chatbot-train --reverse")
         self._hidden = hidden_token_ids(tokenizer)
         self._banned = self._hidden - {tokenizer.sep_token_id}
         self.options = self.resolve_options(options)
@@ -99,21 +126,24 @@ class ChatBot:
                         mmi_model: str | Path | None = None, max_history: int = 3,
                         max_conversations: int | None = 10_000, conversation_ttl: float | None = None,
                         stream_timeout: float = 30.0, **sampling) -> ChatBot:
-        """Load a model folder written by `chatbot-train`.
+        """Load a model folder written by `chatbot-train`, or a public checkpoint.
 
         Args:
-            path: the model folder (e.g. `model/final`).
+            path: the model folder (e.g. `model/final`) or a Hugging Face Hub id
+                (e.g. `thu-coai/CDial-GPT_LCCC-base`, `uer/gpt2-chinese-cluecorpussmall`).
             device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
             dtype: "auto" (bf16 on a GPU; int8, else bf16, else fp32 on a CPU, by what it runs
                 natively), "fp32", "bf16" or "int8" (CPU only); see `chatbot.precision`.
-            mmi_model: a backward model folder (`chatbot-train --reverse`) to rerank candidates.
+            mmi_model: a backward model folder or Hub id (`chatbot-train --reverse`) to rerank candidates.
             max_history: turns the model sees, the new message included.
             max_conversations, conversation_ttl, stream_timeout: see `ChatBot.__init__`.
             **sampling: default `SamplingOptions` fields, e.g. temperature=0.7, num_candidates=5.
 
         Raises:
-            FileNotFoundError: naming the folder, the missing files and how to make one.
-            ValueError: for a bad option or device, or an MMI model with another vocabulary.
+            FileNotFoundError: naming the folder, the missing files and how to make one, or why a
+                Hub id cannot be had.
+            ValueError: for a bad option or device, an unsupported model_type, or an MMI model
+                with another vocabulary.
         """
         options = SamplingOptions().replace(**sampling)  # fail on a bad option before loading
         device = resolve_device(device)
@@ -203,29 +233,28 @@ class ChatBot:
         options = self.resolve_options(**changes)
         # Only the newest max_history turns can be used: the rest is not worth encoding.
         recent = encode_texts(self.tokenizer, [*history, text][-self.max_history:])
+        extra = EXTRA_TOKENS[self._forward.layout]
         turns, notice = fit_turns(recent, max_history=self.max_history,
-                                  max_len=self._forward.max_len - options.max_new_tokens)
+                                  max_len=self._forward.max_len - options.max_new_tokens - extra)
         if notice:
             log.warning(notice)
-        steps = self._generate_ids(join_turns(turns, cls_id=self.tokenizer.cls_token_id,
-                                              sep_id=self.tokenizer.sep_token_id), options, seed)
+        context = self._forward.context(turns, cls_id=self.tokenizer.cls_token_id, sep_id=self.tokenizer.sep_token_id)
+        steps = self._generate_ids(context, options, seed)
         if options.num_candidates == 1:
             yield from self._decode_stream(step[0] for step in steps)
         else:
             yield self._decode(self._rerank(steps, turns))
 
-    def _generate_ids(self, context: list[int], options: SamplingOptions, seed: int | None) -> Iterator[list[int]]:
-        types = reply_type = None
-        if self._forward.speaker_ids:
-            types, reply_type = speaker_type_ids(context, sep_id=self.tokenizer.sep_token_id,
-                                                 speaker_ids=self._forward.speaker_ids)
+    def _generate_ids(self, context: tuple[list[int], list[int] | None, int | None], options: SamplingOptions,
+                      seed: int | None) -> Iterator[list[int]]:
+        ids, types, reply_type = context
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        return generate_tokens(self._forward.model, context, eos_id=self.tokenizer.sep_token_id,
+        return generate_tokens(self._forward.model, ids, eos_id=self.tokenizer.sep_token_id,
                                banned_ids=self._banned, token_type_ids=types, reply_type_id=reply_type,
                                generator=generator, **asdict(options))
 
     def _decode(self, ids: list[int]) -> str:
-        return decode_ids(self.tokenizer, ids, self._hidden)
+        return decode_ids(self.tokenizer, ids, self._hidden, spaced_words=self._spaced_words)
 
     def _decode_stream(self, token_ids: Iterator[int]) -> Iterator[str]:
         """Yield text as it grows. Decoding the whole reply each time (not token by token) lets

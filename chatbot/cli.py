@@ -46,8 +46,8 @@ def _add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--vocab", default="vocab/vocab.txt",
                        help="BERT vocab.txt to tokenize with (default: the shipped vocab/vocab.txt)")
-    group.add_argument("--tokenizer", metavar="DIR",
-                       help="a folder with tokenizer files instead, e.g. a pretrained model you will fine-tune")
+    group.add_argument("--tokenizer", metavar="DIR|ID",
+                       help="a folder with tokenizer files instead, or the model folder or Hub id you will fine-tune")
 
 
 def preprocess_main(argv: list[str] | None = None) -> int:
@@ -79,14 +79,17 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {args.max_len}")
 
     def body() -> None:
+        from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
-        tokenizer_path = args.tokenizer or args.vocab
         if args.vocab_out:
-            tokenizer_path = _build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split)
-        tokenizer = load_tokenizer(tokenizer_path)
+            tokenizer = load_tokenizer(_build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split))
+        elif args.tokenizer:
+            tokenizer = load_model_tokenizer(args.tokenizer)  # reads text as that model does
+        else:
+            tokenizer = load_tokenizer(args.vocab)
         meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len, format=args.format,
                           split=args.split, skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
         if not args.quiet:
@@ -180,8 +183,9 @@ def chat_parser() -> argparse.ArgumentParser:
         prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
         "message per line and print one reply per line (no prompts, no colour).")
     add = p.add_argument
-    add("--model", metavar="DIR", default="model/final",
-        help="model folder written by chatbot-train (default: %(default)s)")
+    add("--model", metavar="DIR|ID", default="model/final",
+        help="model folder written by chatbot-train, or a Hugging Face Hub id such as thu-coai/CDial-GPT_LCCC-base "
+             "(default: %(default)s)")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
     add("--dtype", choices=DTYPES, default="auto",
         help="weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what it runs natively; "
@@ -206,8 +210,8 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--max-history", metavar="N", type=positive_int, default=3,
         help="turns the model sees, your new message included (default: %(default)s)")
     add("--seed", metavar="N", type=int, default=None, help="make replies reproducible (reply i uses seed + i)")
-    add("--mmi-model", metavar="DIR", default=None,
-        help="backward model folder (chatbot-train --reverse) that picks the best of --candidates")
+    add("--mmi-model", metavar="DIR|ID", default=None,
+        help="backward model folder or Hub id (chatbot-train --reverse) that picks the best of --candidates")
     add("--candidates", metavar="N", dest="num_candidates", type=_option_type("num_candidates", int),
         default=d.num_candidates,
         help="replies sampled per message in one batch; > 1 needs --mmi-model (default: %(default)s)")
@@ -301,7 +305,7 @@ def eval_parser() -> argparse.ArgumentParser:
                     "and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference "
                     "for a reply generated from the turns before it.")
     add = p.add_argument
-    add("--model", metavar="DIR", default="model/final", help="model folder (default: %(default)s)")
+    add("--model", metavar="DIR|ID", default="model/final", help="model folder or Hub id (default: %(default)s)")
     add("--data", metavar="PATH", default="data/valid.txt",
         help="corpus file or chatbot-preprocess folder (default: %(default)s)")
     add("--format", choices=FORMATS, default="auto", help="corpus format (default: auto)")

@@ -16,8 +16,11 @@ from transformers import BertTokenizerFast
 
 # IGNORE_INDEX, LOSS_ON, turn_index and reverse_turns are re-exported: they lived here before chatbot.layout.
 from chatbot.layout import (  # noqa: F401
+    CDIAL,
+    CHITCHAT,
     IGNORE_INDEX,
     LOSS_ON,
+    cdial_example,
     label_mask,
     reverse_turns,
     speaker_token_ids,
@@ -94,36 +97,48 @@ def default_cache_dir() -> Path:
 
 
 def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_ids: bool = False,
-                 reverse: bool = False) -> Callable[[list[np.ndarray]], dict[str, torch.Tensor]]:
+                 reverse: bool = False, layout: str = CHITCHAT) -> Callable[[list[np.ndarray]], dict[str, torch.Tensor]]:
     """A collate_fn padding a batch to its longest example.
 
-    Returns `input_ids`, `attention_mask`, `labels` (and `token_type_ids` when `speaker_ids`).
-    `labels` equal `input_ids` where the loss applies and IGNORE_INDEX elsewhere; GPT2LMHeadModel
-    shifts them itself, so the logits at position t are scored against labels[t + 1].
+    Returns `input_ids`, `attention_mask`, `labels` (and `token_type_ids` when `speaker_ids` or
+    in the CDIAL layout). `labels` equal `input_ids` where the loss applies and IGNORE_INDEX
+    elsewhere; the model shifts them itself, so the logits at position t are scored against labels[t + 1].
 
     `loss_on` picks the turns that carry loss (see `chatbot.layout.label_mask`). `reverse`
     reverses the turn order of every example first (the backward model of MMI reranking).
+    `layout` is how the model reads a dialogue (see `chatbot.layout`); examples are stored in
+    the CHITCHAT layout either way.
     """
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
     pad_id, sep_id = tokenizer.pad_token_id, tokenizer.sep_token_id
-    speakers = np.array(speaker_token_ids(tokenizer.get_vocab())) if speaker_ids else None
+    speakers = None
+    if speaker_ids or layout == CDIAL:
+        speakers = np.array(speaker_token_ids(tokenizer.get_vocab()))
+
+    def example(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(ids, token_type_ids or None, loss mask) of one stored example."""
+        if reverse:
+            ids = reverse_turns(ids, sep_id)
+        if layout == CDIAL:
+            return cdial_example(ids, sep_id=sep_id, speaker_ids=tuple(speakers), loss_on=loss_on)
+        types = None if speakers is None else speakers[turn_index(ids, sep_id) % 2]
+        return ids, types, label_mask(ids, sep_id, loss_on)
 
     def collate(batch: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        if reverse:
-            batch = [reverse_turns(ids, sep_id) for ids in batch]
-        width = max(len(ids) for ids in batch)
-        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (B, T)
-        labels = np.full((len(batch), width), IGNORE_INDEX, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.zeros((len(batch), width), dtype=np.int64)
-        for row, ids in enumerate(batch):
+        rows = [example(ids) for ids in batch]
+        width = max(len(ids) for ids, _, _ in rows)
+        input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)  # (B, T)
+        labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        for row, (ids, row_types, keep) in enumerate(rows):
             n = len(ids)
             input_ids[row, :n] = ids
             mask[row, :n] = 1
-            labels[row, :n] = np.where(label_mask(ids, sep_id, loss_on), ids, IGNORE_INDEX)
-            if speakers is not None:
-                types[row, :n] = speakers[turn_index(ids, sep_id) % 2]
+            labels[row, :n] = np.where(keep, ids, IGNORE_INDEX)
+            if row_types is not None:
+                types[row, :n] = row_types
         out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
                "labels": torch.from_numpy(labels)}
         if speakers is not None:

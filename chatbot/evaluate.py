@@ -15,7 +15,7 @@ from chatbot.data import LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
 from chatbot.layout import IGNORE_INDEX, split_turns
 from chatbot.metrics import reply_metrics
-from chatbot.tokenization import decode_ids
+from chatbot.tokenization import decode_ids, splits_characters
 
 
 @torch.no_grad()
@@ -63,7 +63,9 @@ GREEDY = {"temperature": 0.0}
 
 def example_turns(dataset, tokenizer, index: int) -> list[str]:
     """The turns of an encoded example as text: `[CLS] a [SEP] b [SEP]` -> ["a", "b"]."""
-    return [decode_ids(tokenizer, turn) for turn in split_turns(dataset[index].tolist(), tokenizer.sep_token_id)]
+    spaced = not splits_characters(tokenizer)
+    return [decode_ids(tokenizer, turn, spaced_words=spaced)
+            for turn in split_turns(dataset[index].tolist(), tokenizer.sep_token_id)]
 
 
 def sample_indices(n_total: int, n: int | None, seed: int) -> list[int]:
@@ -94,7 +96,7 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
                    num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
                    greedy: bool = False, max_history: int = 3, device: str = "auto", dtype: str = "fp32",
                    generate: bool = True, progress: bool = True) -> dict:
-    """Perplexity and reply metrics of a model folder on a corpus; the JSON report as a dict.
+    """Perplexity and reply metrics of a model folder (or Hub id) on a corpus; the JSON report as a dict.
 
     `dtype` (see `chatbot.precision`) defaults to fp32: the report scores the model itself;
     pass what chat runs ("auto", "bf16", "int8") to score that.
@@ -106,16 +108,18 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
     from chatbot.bot import ChatBot
     from chatbot.data import Subset, load_dataset, make_collate
     from chatbot.distributed import resolve_device
-    from chatbot.modeling import context_limit, load_model
+    from chatbot.layout import EXTRA_TOKENS
+    from chatbot.modeling import context_limit, dialogue_layout, load_model
 
     device = resolve_device(device)
     model, tokenizer, args = load_model(model_dir, device, dtype)
-    dataset = load_dataset(data, tokenizer, max_len=context_limit(model, args), format=format, split=split, skip_bad=skip_bad,
-                           progress=progress)
+    layout = dialogue_layout(model.config.model_type, tokenizer, args)
+    dataset = load_dataset(data, tokenizer, max_len=context_limit(model, args) - EXTRA_TOKENS[layout], format=format,
+                           split=split, skip_bad=skip_bad, progress=progress)
     indices = sample_indices(len(dataset), num_samples, seed)
     loss_on = loss_on or args.get("loss_on", "all")
     collate = make_collate(tokenizer, loss_on=loss_on, speaker_ids=bool(args.get("speaker_ids")),
-                           reverse=bool(args.get("reverse")))
+                           reverse=bool(args.get("reverse")), layout=layout)
     ppl = evaluate_loss(model, Subset(dataset, indices), collate, batch_size=batch_size, device=device,
                         progress=progress)
     report = {"model": str(model_dir), "data": str(data), "dtype": dtype, "examples": len(indices), "loss_on": loss_on,

@@ -1,8 +1,13 @@
-"""The dialogue layout: how turns become one id sequence, and back. The one owner of it.
+"""The dialogue layouts: how turns become one id sequence, and back. The one owner of them.
 
-Every example, every chat input and every MMI input is `[CLS] u1 [SEP] u2 [SEP] … un [SEP]`:
-a turn's closing `[SEP]` belongs to it, and the leading `[CLS]` to turn 0. With speaker ids,
+CHITCHAT (ours and GPT2-chitchat's, and how encoded corpora are stored): `[CLS] u1 [SEP] u2 [SEP] … un [SEP]`.
+A turn's closing `[SEP]` belongs to it, and the leading `[CLS]` to turn 0. With speaker ids,
 turn i gets the `token_type_ids` of `[speaker1]` (i even) or `[speaker2]` (i odd).
+
+CDIAL (CDial-GPT's LCCC models): `[CLS] [speaker1] u1 [speaker2] u2 … [speakerN] un [SEP]`. Each
+turn opens with its speaker's token, `token_type_ids` are that token over the whole turn and
+`[CLS]` over itself, and only the last turn (the reply) ends with `[SEP]`. It is built from the
+CHITCHAT form (`cdial_layout`), one token longer.
 
 Pure functions on ids and the token names: no tokenizer, no torch (so flag parsing can use
 `LOSS_ON` without loading them).
@@ -22,6 +27,10 @@ SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK, *SPEAKER_TOKENS]
 
 IGNORE_INDEX = -100  # label of positions the loss skips (torch's cross_entropy default)
 LOSS_ON = ("all", "replies", "last")  # which turns carry loss; see `label_mask`
+
+CHITCHAT, CDIAL = "chitchat", "cdial"
+CDIAL_HEAD = (CLS, PAD, SEP, UNK)  # the first lines of CDial-GPT's vocab.txt, in this order
+EXTRA_TOKENS = {CHITCHAT: 0, CDIAL: 1}  # tokens a layout adds to a dialogue stored as CHITCHAT
 
 
 def join_turns(turns: list[list[int]], *, cls_id: int, sep_id: int) -> list[int]:
@@ -84,10 +93,51 @@ def label_mask(ids: np.ndarray, sep_id: int, loss_on: str) -> np.ndarray:
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
     turn = turn_index(ids, sep_id)
-    first = {"all": 0, "replies": 1, "last": turn[-1]}[loss_on]
-    keep = turn >= first
+    keep = turn >= _first_loss_turn(loss_on, int(turn[-1]))
     keep[0] = False
     return keep
+
+
+def _first_loss_turn(loss_on: str, last_turn: int) -> int:
+    return {"all": 0, "replies": 1, "last": last_turn}[loss_on]
+
+
+def cdial_layout(ids: np.ndarray, *, sep_id: int, speaker_ids: tuple[int, int],
+                 open_reply: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CDial-GPT's layout of a dialogue given as `[CLS] u1 [SEP] … un [SEP]`.
+
+    Args:
+        ids: the dialogue in the CHITCHAT layout, every turn closed by `sep_id`.
+        speaker_ids: the ids of `[speaker1]` and `[speaker2]`; turn i is spoken by `speaker_ids[i % 2]`.
+        open_reply: end with the next speaker's token instead of `[SEP]`: the input that asks the
+            model for the next turn, as CDial-GPT's interact.py builds it.
+
+    Returns:
+        (ids, token_type_ids, turn): turn is the 0-based turn of each token that can carry loss
+        (the turns' tokens and a final `[SEP]`), -1 for `[CLS]` and the speaker tokens.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    turn = turn_index(ids, sep_id)
+    # Each [SEP] becomes the next turn's speaker token, but a final one ends the reply.
+    opens = ids == sep_id
+    opens[-1] = open_reply
+    speakers = np.asarray(speaker_ids, dtype=np.int64)
+    body_turn = np.where(opens, turn + 1, turn)[1:]
+    out = np.concatenate([ids[:1], speakers[:1], np.where(opens, speakers[(turn + 1) % 2], ids)[1:]])
+    types = np.concatenate([ids[:1], speakers[:1], speakers[body_turn % 2]])
+    loss_turn = np.concatenate([[-1, -1], np.where(opens[1:], -1, body_turn)])
+    return out, types, loss_turn
+
+
+def cdial_example(ids: np.ndarray, *, sep_id: int, speaker_ids: tuple[int, int],
+                  loss_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stored example in CDial-GPT's layout, for training: (ids, token_type_ids, loss mask).
+
+    `loss_on` picks the turns as `label_mask` does ("last" is CDial-GPT's own training: the reply
+    and its [SEP]); [CLS] and the speaker tokens never carry loss, as in CDial-GPT's train.py.
+    """
+    ids, types, turn = cdial_layout(ids, sep_id=sep_id, speaker_ids=speaker_ids)
+    return ids, types, turn >= _first_loss_turn(loss_on, int(turn.max()))
 
 
 def speaker_type_ids(ids: list[int], *, sep_id: int, speaker_ids: tuple[int, int]) -> tuple[list[int], int]:

@@ -1,22 +1,27 @@
-"""Build GPT-2 models and read/write self-describing model folders.
+"""Build GPT-2 models, load any supported checkpoint, and write self-describing model folders.
 
 A model folder (what `chatbot-train` writes as `final/`, `best/` and each `checkpoint-N/`) holds
 `config.json` + `model.safetensors` (`save_pretrained`), the tokenizer files (`tokenizer.json`,
 `tokenizer_config.json`, `vocab.txt`) and `training_args.json`. Plain transformers loads it with
 `GPT2LMHeadModel.from_pretrained(dir)` and `BertTokenizerFast.from_pretrained(dir)`.
+
+`load_model` also reads the public Chinese checkpoints: uer's `gpt2-chinese-*` (GPT-2) and
+CDial-GPT's LCCC models (OpenAI GPT, in their own dialogue layout), from a folder or a Hub id.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel
+from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel, OpenAIGPTLMHeadModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, speaker_token_ids
 from chatbot.precision import prepare_model, resolve_dtype
-from chatbot.tokenization import load_tokenizer
+from chatbot.tokenization import load_tokenizer, split_characters
 
 # transformers' own bars ("Loading weights", "Writing model shards") would interleave with ours
 # on every save and load.
@@ -24,6 +29,10 @@ hf_logging.disable_progress_bar()
 
 TRAINING_ARGS = "training_args.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MODEL_CLASSES = {"gpt2": GPT2LMHeadModel, "openai-gpt": OpenAIGPTLMHeadModel}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as on huggingface.co
+_MODEL_HINT = ("Train one with `chatbot-train` (it writes model/final), or pass --model/--pretrained "
+               "with a folder written by `save_pretrained` or a Hugging Face Hub id (org/name).")
 
 
 def load_gpt2_config(path: str | Path, tokenizer: BertTokenizerFast) -> GPT2Config:
@@ -71,10 +80,8 @@ def check_model_dir(path: str | Path, *, need_tokenizer: bool = True) -> Path:
         FileNotFoundError: naming the folder, the missing files and how to make a model.
     """
     path = Path(path)
-    hint = ("Train one with `chatbot-train` (it writes model/final), or pass --model/--pretrained "
-            "with a folder written by `save_pretrained`.")
     if not path.is_dir():
-        raise FileNotFoundError(f"model folder not found: {path}. {hint}")
+        raise FileNotFoundError(f"model folder not found: {path}. {_MODEL_HINT}")
     missing = []
     if not (path / "config.json").is_file():
         missing.append("config.json")
@@ -83,43 +90,163 @@ def check_model_dir(path: str | Path, *, need_tokenizer: bool = True) -> Path:
     if need_tokenizer and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
     if missing:
-        raise FileNotFoundError(f"{path} is not a complete model folder: missing {', '.join(missing)}. {hint}")
+        raise FileNotFoundError(f"{path} is not a complete model folder: missing {', '.join(missing)}. {_MODEL_HINT}")
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu",
-               dtype: str = "fp32") -> tuple[GPT2LMHeadModel, BertTokenizerFast, dict]:
-    """Load (model in eval mode, tokenizer, training_args) from a model folder.
-
-    `dtype` is one of `chatbot.options.DTYPES`, resolved for `device` by
-    `chatbot.precision.resolve_dtype`. `training_args` is `{}` for folders not written by chatbot-train (e.g. a
-    downloaded GPT-2).
+def resolve_model_dir(source: str | Path) -> Path:
+    """The local folder of `source`: a model folder, or a Hub id (`org/name`) whose files are
+    fetched into the Hugging Face cache on first use, as `from_pretrained` does.
 
     Raises:
-        FileNotFoundError: if the folder is incomplete (see `check_model_dir`).
-        ValueError: if the tokenizer and the model's embedding disagree in size, or for a
-            dtype the device cannot run.
+        FileNotFoundError: for a missing or incomplete folder, or a Hub id that cannot be had
+            (offline without a cached copy, unknown, gated), in one line.
     """
-    path = check_model_dir(path)
-    device = torch.device(device)
-    precision = resolve_dtype(dtype, device)
-    tokenizer = load_tokenizer(path)
-    model = GPT2LMHeadModel.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
-    check_vocab_fits(model, tokenizer, where=str(path))
-    args_file = path / TRAINING_ARGS
-    training_args = json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {}
+    text = str(source)
+    if Path(text).exists() or not _HUB_ID.fullmatch(text) or Path(text.split("/")[0]).exists():
+        return check_model_dir(text)
+    return check_model_dir(_download(text))
+
+
+def _download(repo_id: str) -> Path:
+    """Config, tokenizer files and weights (safetensors if there are, else pytorch_model.bin)."""
+    from huggingface_hub import constants, errors, snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "vocab.txt", "*.safetensors"]))
+        if not any(folder.glob("*.safetensors")):
+            snapshot_download(repo_id, allow_patterns=["pytorch_model.bin"])
+        return folder
+    except errors.GatedRepoError:
+        reason = "the Hugging Face Hub model is gated: accept its terms on huggingface.co, then `hf auth login`"
+    except errors.RepositoryNotFoundError:
+        reason = "the Hugging Face Hub has no such model (check the id; a private one needs `hf auth login`)"
+    except errors.LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            reason = ("the Hugging Face Hub is offline (HF_HUB_OFFLINE=1) with no cached copy; "
+                      "unset HF_HUB_OFFLINE to download it, or pass a local folder")
+        else:
+            reason = ("the Hugging Face Hub cannot be reached and there is no cached copy; "
+                      "check the network, or pass a local folder")
+    except OSError as e:  # e.g. the cache folder is not writable or the disk is full
+        reason = f"fetching it from the Hugging Face Hub failed: {str(e).splitlines()[0]}"
+    raise FileNotFoundError(f"{repo_id}: not a local folder, and {reason}")
+
+
+def model_type(config: dict, where: str | Path) -> str:
+    """The checkpoint's architecture: config.json's `model_type`, or for configs saved before
+    transformers wrote one (CDial-GPT's LCCC models), what their fields show.
+
+    Raises:
+        ValueError: naming the type and what is supported.
+    """
+    kind = config.get("model_type")
+    if kind is None:
+        # OpenAIGPTConfig alone has `afn`; GPT2Config has n_embd/n_layer without it.
+        kind = "openai-gpt" if "afn" in config else "gpt2" if "n_embd" in config else None
+    if kind not in MODEL_CLASSES:
+        found = f"model_type {kind!r} is not supported" if kind else "config.json has no model_type"
+        raise ValueError(f"{where}: {found}: chatbot loads gpt2 (GPT-2, e.g. uer/gpt2-chinese-cluecorpussmall) "
+                         "and openai-gpt (CDial-GPT, e.g. thu-coai/CDial-GPT_LCCC-base)")
+    return kind
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32", *,
+               resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
+    """Load (model in eval mode, tokenizer, training_args) from a model folder or a Hub id.
+
+    The one way models are loaded, for chatting, evaluating and fine-tuning. `model_type` picks
+    the class (GPT-2, or OpenAI GPT for CDial-GPT); the special ids are set to the tokenizer's
+    ([CLS]/[SEP]/[PAD]: uer's GPT-2 configs say 50256, outside their vocabulary); a model read
+    in CDial-GPT's layout gets its tokenizer made character-level, as CDial-GPT reads text.
+    `training_args` is `{}` for folders not written by chatbot-train.
+
+    Args:
+        dtype: one of `chatbot.options.DTYPES`, resolved for `device` by
+            `chatbot.precision.resolve_dtype` (fp32 leaves the weights as trained).
+        resize_embeddings: grow the embedding to the tokenizer's size instead of refusing.
+
+    Raises:
+        FileNotFoundError: if the folder is incomplete or the Hub id cannot be had.
+        ValueError: for an unsupported model_type, weights of another architecture, a
+            tokenizer larger than the model's embedding, or a dtype the device cannot run.
+    """
+    precision = resolve_dtype(dtype, torch.device(device))
+    path = resolve_model_dir(source)
+    kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
+    model = _load_weights(path, kind, where=str(source))
+    if resize_embeddings and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    check_vocab_fits(model, tokenizer, where=str(source))
+    for name, value in special_ids(tokenizer).items():
+        setattr(model.config, name, value)
+        setattr(model.generation_config, name, value)
     # Converted on the CPU, then moved: a GPU never holds the fp32 copy.
     return prepare_model(model.eval(), precision).to(device), tokenizer, training_args
 
 
-def context_limit(model: GPT2LMHeadModel, training_args: dict) -> int:
+def load_model_tokenizer(source: str | Path) -> BertTokenizerFast:
+    """The tokenizer of a model folder or Hub id, reading text as that model does (one token per
+    character for CDial-GPT's); a folder of tokenizer files only gives its plain tokenizer."""
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        return load_tokenizer(source)
+    return _read_model_dir(resolve_model_dir(source), where=str(source))[1]
+
+
+def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, dict]:
+    """(model_type, tokenizer as the model reads text, training_args or {}) of a checked folder."""
+    kind = model_type(json.loads((path / "config.json").read_text(encoding="utf-8")), where)
+    tokenizer = load_tokenizer(path)
+    args_file = path / TRAINING_ARGS
+    training_args = json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {}
+    if dialogue_layout(kind, tokenizer, training_args) == CDIAL:
+        split_characters(tokenizer)
+    return kind, tokenizer, training_args
+
+
+def _load_weights(path: Path, kind: str, *, where: str) -> PreTrainedModel:
+    # GPT-2 runs on PyTorch's fused attention; OpenAI GPT only has its own.
+    extra = {"attn_implementation": "sdpa"} if kind == "gpt2" else {}
+    try:
+        model, info = MODEL_CLASSES[kind].from_pretrained(str(path), dtype=torch.float32, output_loading_info=True,
+                                                       **extra)
+    except RuntimeError as e:  # tensors of the wrong shapes
+        raise ValueError(f"{where}: its weights do not fit a {kind} model ({str(e).splitlines()[0]})") from None
+    missing = info["missing_keys"]
+    if missing:  # transformers would start them random: chatting would print noise
+        raise ValueError(f"{where}: its weights do not fit a {kind} model ({len(missing)} tensors missing, e.g. "
+                         f"{sorted(missing)[0]}); is config.json's model_type right for these weights?")
+    return model
+
+
+def dialogue_layout(kind: str, tokenizer: BertTokenizerFast, training_args: dict) -> str:
+    """How this model reads a conversation: CHITCHAT (`[CLS] u1 [SEP] u2 [SEP] …`) or CDIAL
+    (`[CLS] [speaker1] u1 [speaker2] u2 …`, CDial-GPT's).
+
+    Training records it; otherwise `kind` (the model_type) openai-gpt means CDial-GPT's LCCC
+    models, and so does a GPT-2 with CDial-GPT's vocabulary (thu-coai/CDial-GPT2_LCCC-base).
+
+    Raises:
+        ValueError: if CDial-GPT's layout is needed but the vocabulary lacks the speaker tokens.
+    """
+    layout = training_args.get("layout")
+    if layout is None:
+        vocab = tokenizer.get_vocab()
+        cdial_vocab = [vocab.get(t) for t in CDIAL_HEAD] == list(range(len(CDIAL_HEAD)))
+        layout = CDIAL if kind == "openai-gpt" or cdial_vocab else CHITCHAT
+    if layout == CDIAL:
+        speaker_token_ids(tokenizer.get_vocab())
+    return layout
+
+
+def context_limit(model: PreTrainedModel, training_args: dict) -> int:
     """Tokens the model can be given: n_positions, or less if it was trained on shorter examples
     (position embeddings past the training max_len were never trained)."""
     n_positions = model.config.n_positions
     return min(n_positions, training_args.get("max_len") or n_positions)
 
 
-def check_vocab_fits(model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, where: str) -> None:
+def check_vocab_fits(model: PreTrainedModel, tokenizer: BertTokenizerFast, *, where: str) -> None:
     """Raise if the tokenizer can produce ids outside the model's embedding table.
 
     Raises:
@@ -133,7 +260,7 @@ def check_vocab_fits(model: GPT2LMHeadModel, tokenizer: BertTokenizerFast, *, wh
             "--resize-embeddings to grow the embedding (new rows start random).")
 
 
-def save_model(path: str | Path, model: GPT2LMHeadModel, tokenizer: BertTokenizerFast,
+def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenizerFast,
                training_args: dict) -> Path:
     """Write a self-describing model folder (weights, config, tokenizer files, training args)."""
     path = Path(path)

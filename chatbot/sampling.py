@@ -7,8 +7,9 @@ and the allowed range.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -150,13 +151,8 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
     device = model.device
     context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
     types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
-    cache = DynamicCache(config=model.config)
-    # Prefill once with batch 1, then copy the cache per candidate: cheaper than N prefills.
-    logits = model(input_ids=context, token_type_ids=types, past_key_values=cache, use_cache=True,
-                   logits_to_keep=1).logits[:, -1]  # (1, V)
-    cache.batch_repeat_interleave(num_candidates)
-    logits = logits.expand(num_candidates, -1)  # (N, V)
-    reply_types = None if reply_type_id is None else torch.full((num_candidates, 1), reply_type_id, device=device)
+    next_logits = _stepper(model, context, types, reply_type_id, num_candidates)
+    logits = next_logits(None)  # (N, V)
     banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=device)
     generated = torch.empty(num_candidates, 0, dtype=torch.long, device=device)  # (N, step)
     finished = torch.zeros(num_candidates, dtype=torch.bool, device=device)
@@ -172,5 +168,31 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
         yield next_ids.tolist()
         if finished.all() or step == max_new_tokens - 1:
             return
-        logits = model(input_ids=next_ids[:, None], token_type_ids=reply_types, past_key_values=cache,
-                       use_cache=True).logits[:, -1]
+        logits = next_logits(generated)
+
+
+def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor | None, reply_type_id: int | None,
+             n: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
+    """A function from the tokens generated so far, (N, step) or None before the first, to the
+    (N, V) logits of the next token of each of the N candidates."""
+    reply_types = None if reply_type_id is None else torch.full((n, 1), reply_type_id, device=context.device)
+    if "past_key_values" not in inspect.signature(model.forward).parameters:
+        # No KV cache (OpenAI GPT, CDial-GPT's LCCC models): re-read the whole sequence each
+        # step, as CDial-GPT's interact.py does.
+        def full(generated: torch.Tensor | None) -> torch.Tensor:
+            ids = context.expand(n, -1) if generated is None else torch.cat([context.expand(n, -1), generated], 1)
+            tt = None if types is None else torch.cat([types.expand(n, -1), reply_types.expand(-1, ids.size(1) - types.size(1))], 1)
+            return model(input_ids=ids, token_type_ids=tt, logits_to_keep=1).logits[:, -1]
+        return full
+    cache = DynamicCache(config=model.config)
+
+    def cached(generated: torch.Tensor | None) -> torch.Tensor:
+        if generated is None:
+            # Prefill once with batch 1, then copy the cache per candidate: cheaper than N prefills.
+            logits = model(input_ids=context, token_type_ids=types, past_key_values=cache, use_cache=True,
+                           logits_to_keep=1).logits[:, -1]  # (1, V)
+            cache.batch_repeat_interleave(n)
+            return logits.expand(n, -1)
+        return model(input_ids=generated[:, -1:], token_type_ids=reply_types, past_key_values=cache,
+                     use_cache=True).logits[:, -1]
+    return cached

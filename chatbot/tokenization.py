@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from tokenizers import Regex, pre_tokenizers
 from transformers import BertTokenizerFast
 
 from chatbot.layout import REQUIRED_TOKENS, SPEAKER_TOKENS
@@ -25,10 +26,12 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
         ValueError: if the vocabulary lacks [PAD], [UNK], [CLS] or [SEP].
     """
     path = Path(path)
-    if path.is_file():
-        tokenizer = BertTokenizerFast(vocab=str(path))
-    elif path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        tokenizer = BertTokenizerFast.from_pretrained(str(path))
+    if path.is_file() or (path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt"))):
+        tokenizer = _read_tokenizer(path)
+        n_file = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+        if tokenizer.mask_token is not None and tokenizer.mask_token_id >= n_file:
+            # A vocabulary without [MASK] (CDial-GPT's) would get one appended past the model's embedding.
+            tokenizer = _read_tokenizer(path, mask_token=None)
     elif path.is_dir():
         raise FileNotFoundError(
             f"{path} has no tokenizer: expected tokenizer.json or vocab.txt in it. "
@@ -51,10 +54,32 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
     return tokenizer
 
 
+def split_characters(tokenizer: BertTokenizerFast) -> BertTokenizerFast:
+    """Make `tokenizer` read one token per character, dropping spaces, as CDial-GPT does
+    (its interact.py turns "hi 你好" into "h i 你 好"): Latin letters and digits become
+    characters of its vocabulary instead of [UNK] words. Changes `tokenizer` in place.
+    """
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex("."), "isolated")])
+    return tokenizer
+
+
+def splits_characters(tokenizer: BertTokenizerFast) -> bool:
+    """Whether `split_characters` was applied."""
+    return "WhitespaceSplit" in str(tokenizer.backend_tokenizer.pre_tokenizer.__getstate__())
+
+
+def _read_tokenizer(path: Path, **kwargs) -> BertTokenizerFast:
+    if path.is_file():
+        return BertTokenizerFast(vocab=str(path), **kwargs)
+    return BertTokenizerFast.from_pretrained(str(path), **kwargs)
+
+
 def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:
-    """A short hash of the id→token table, to tell whether cached ids still match a tokenizer."""
+    """A short hash of the id→token table (and of character splitting, which changes the ids of the
+    same text), to tell whether cached ids still match a tokenizer."""
     vocab = tokenizer.get_vocab()
-    table = "\n".join(sorted(vocab, key=vocab.__getitem__))
+    table = "\n".join(sorted(vocab, key=vocab.__getitem__)) + ("\nsplit-characters" * splits_characters(tokenizer))
     return hashlib.sha256(table.encode("utf-8")).hexdigest()[:16]
 
 
@@ -72,12 +97,14 @@ def hidden_token_ids(tokenizer: BertTokenizerFast) -> set[int]:
     return ids
 
 
-def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None) -> str:
+def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None, *,
+               spaced_words: bool = True) -> str:
     """Turn ids into the text a person would write.
 
     Chinese characters are joined without spaces, `##` pieces are glued to the piece before,
     a single space separates two ASCII words or numbers, and special tokens are dropped.
-    `hidden` may pass a precomputed `hidden_token_ids(tokenizer)` for hot loops.
+    `hidden` may pass a precomputed `hidden_token_ids(tokenizer)` for hot loops. With
+    `spaced_words=False` (a tokenizer that splits characters) every token is glued.
     """
     hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
     tokens = tokenizer.convert_ids_to_tokens([int(i) for i in ids if int(i) not in hidden])
@@ -85,7 +112,7 @@ def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None
     for tok in tokens:
         if tok.startswith("##") and len(tok) > 2:
             out.append(tok[2:])
-        elif out and _is_ascii_word_char(out[-1][-1]) and _is_ascii_word_char(tok[0]):
+        elif spaced_words and out and _is_ascii_word_char(out[-1][-1]) and _is_ascii_word_char(tok[0]):
             out.append(" " + tok)
         else:
             out.append(tok)

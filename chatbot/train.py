@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from transformers import GPT2LMHeadModel
+from transformers import PreTrainedModel
 
 from chatbot.checkpoint import (
     load_state,
@@ -45,13 +45,8 @@ from chatbot.distributed import (
     setup_distributed,
 )
 from chatbot.evaluate import evaluate_loss
-from chatbot.modeling import (
-    build_model,
-    check_model_dir,
-    check_vocab_fits,
-    load_gpt2_config,
-    special_ids,
-)
+from chatbot.layout import CHITCHAT, EXTRA_TOKENS
+from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
 from chatbot.reports import print_table
 from chatbot.tokenization import load_tokenizer
@@ -65,32 +60,26 @@ class TrainResult:
     exit_code: int  # 0 when finished, 130/143 when stopped by SIGINT/SIGTERM after saving
     best_valid_ppl: float | None
     output_dir: Path
-    model: GPT2LMHeadModel  # the trained weights, unwrapped from DDP/compile
+    model: PreTrainedModel  # the trained weights, unwrapped from DDP/compile
 
 
 def setup_model(cfg: TrainConfig, resume_dir: Path | None):
-    """(model, tokenizer, where it came from): a checkpoint, a pretrained folder, or a config."""
-    source = resume_dir or (Path(cfg.pretrained) if cfg.pretrained else None)
+    """(model, tokenizer, where it came from, its dialogue layout): a checkpoint, a pretrained
+    folder or Hub id (see `load_model`), or a config."""
+    source = resume_dir or cfg.pretrained
     if source is None:
         tokenizer = load_tokenizer(cfg.vocab)
-        return build_model(load_gpt2_config(cfg.config, tokenizer)), tokenizer, f"{cfg.config} (random init)"
-    check_model_dir(source)
-    tokenizer = load_tokenizer(source)
-    model = GPT2LMHeadModel.from_pretrained(str(source), attn_implementation="sdpa")
-    if cfg.resize_embeddings and len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    check_vocab_fits(model, tokenizer, where=str(source))
-    # A downloaded GPT-2 may carry GPT-2's 50256 or nothing for these; generation needs ours.
-    for name, value in special_ids(tokenizer).items():
-        setattr(model.config, name, value)
-        setattr(model.generation_config, name, value)
-    return model, tokenizer, str(source)
+        model = build_model(load_gpt2_config(cfg.config, tokenizer))
+        return model, tokenizer, f"{cfg.config} (random init)", CHITCHAT
+    model, tokenizer, saved_args = load_model(source, resize_embeddings=cfg.resize_embeddings)
+    return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
 
 
-def apply_freeze(model: GPT2LMHeadModel, spec: str | None) -> tuple[int, int]:
+def apply_freeze(model: PreTrainedModel, spec: str | None) -> tuple[int, int]:
     """Freeze 'embeddings' or 'layers:N' (the embeddings and the first N blocks); (trainable, total)."""
     if spec:
-        frozen = [model.transformer.wte, model.transformer.wpe]
+        body = model.transformer
+        frozen = [model.get_input_embeddings(), body.wpe if hasattr(body, "wpe") else body.positions_embed]
         if spec.startswith("layers:"):
             n = int(spec.split(":")[1])
             if n > len(model.transformer.h):
@@ -98,7 +87,7 @@ def apply_freeze(model: GPT2LMHeadModel, spec: str | None) -> tuple[int, int]:
             frozen += list(model.transformer.h[:n])
         for module in frozen:
             module.requires_grad_(False)
-    # lm_head shares its weight with wte: freezing the embeddings freezes the output layer too.
+    # lm_head shares its weight with the input embedding: freezing it freezes the output layer too.
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
@@ -175,12 +164,13 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     resume_dir = resolve_resume(cfg.resume, output_dir)
     _seed_everything(cfg.seed + info.rank)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model, tokenizer, source = setup_model(cfg, resume_dir)
+    model, tokenizer, source, layout = setup_model(cfg, resume_dir)
     max_len = _resolved_max_len(cfg, model)
     trainable, total_params = apply_freeze(model, cfg.freeze)
     if trainable == 0:
         raise ValueError(f"--freeze {cfg.freeze} leaves nothing to train")
-    train_set, valid_set = load_data(cfg, tokenizer, max_len, info, device)
+    # Examples are stored as [CLS] u1 [SEP] …; the model's layout may add tokens to them.
+    train_set, valid_set = load_data(cfg, tokenizer, max_len - EXTRA_TOKENS[layout], info, device)
     if cfg.eval_generate and valid_set is None:
         raise ValueError("--eval-generate needs validation data: give --valid FILE or --valid-ratio F")
     if cfg.gradient_checkpointing:
@@ -193,7 +183,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     if info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse)
+    collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse,
+                           layout=layout)
     sampler = LengthGroupedBatchSampler(train_set.lengths, cfg.batch_size, seed=cfg.seed,
                                         num_replicas=info.world_size, rank=info.rank)
     # A private generator: DataLoader otherwise draws its seed from the global RNG each epoch,
@@ -210,7 +201,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
     optimizer = make_optimizer(raw_model, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.scheduler))
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    training_args = dict(cfg.to_dict(), max_len=max_len, source=source)
+    training_args = dict(cfg.to_dict(), max_len=max_len, source=source, layout=layout)
 
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_loss": None, "bad_evals": 0}
     if resume_dir is not None:

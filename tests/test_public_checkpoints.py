@@ -1,0 +1,201 @@
+"""Public Chinese checkpoints: CDial-GPT's LCCC models (openai-gpt) and uer's gpt2-chinese family,
+as tiny random models saved in the layouts their Hub repositories use, and Hub ids."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+from chatbot.bot import ChatBot
+from chatbot.cli import chat_main
+from chatbot.modeling import load_model
+
+# CDial-GPT's vocab.txt starts [CLS] [PAD] [SEP] [UNK] and ends [speaker1] [speaker2]; it has no [MASK].
+CDIAL_VOCAB = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", *"你好吗我很谢今天气", "a", "b", "1", "，", "[speaker1]", "[speaker2]"]
+CLS, PAD, SEP, UNK, SPK1, SPK2 = 0, 1, 2, 3, 17, 18
+# uer/gpt2-chinese-*: bert-base-chinese's vocab.txt ([PAD], [unusedN], [UNK], [CLS], [SEP], [MASK], ...).
+UER_VOCAB = ["[PAD]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"你好吗我很谢今天气"]
+
+
+def cdial_config(vocab_size: int) -> dict:
+    """config.json as thu-coai/CDial-GPT_LCCC-base has it (transformers 2.x: no model_type), but tiny."""
+    return {"afn": "gelu", "attn_pdrop": 0.1, "embd_pdrop": 0.1, "finetuning_task": None, "initializer_range": 0.02,
+            "is_decoder": False, "layer_norm_epsilon": 1e-05, "n_ctx": 64, "n_embd": 32, "n_head": 2, "n_layer": 2,
+            "n_positions": 64, "n_special": 0, "output_past": True, "predict_special_tokens": True,
+            "resid_pdrop": 0.1, "summary_type": "cls_index", "torchscript": False, "vocab_size": vocab_size}
+
+
+@pytest.fixture(scope="module")
+def cdial_dir(tmp_path_factory):
+    """A CDial-GPT LCCC folder: config.json, pytorch_model.bin and vocab.txt, nothing else."""
+    folder = tmp_path_factory.mktemp("CDial-GPT_LCCC-tiny")
+    fields = cdial_config(len(CDIAL_VOCAB))
+    torch.manual_seed(0)
+    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**{**fields, "initializer_range": 0.5}))
+    (folder / "config.json").write_text(json.dumps(fields), encoding="utf-8")
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "vocab.txt").write_text("\n".join(CDIAL_VOCAB) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uer_dir(tmp_path_factory):
+    """A uer/gpt2-chinese-* folder: GPT-2 config with bos/eos 50256, weights and a vocab.txt only."""
+    folder = tmp_path_factory.mktemp("gpt2-chinese-tiny")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(UER_VOCAB), n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(UER_VOCAB) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_a_cdial_folder_loads_as_openai_gpt_with_its_weights(cdial_dir):
+    model, tokenizer, _ = load_model(cdial_dir)
+    assert isinstance(model, OpenAIGPTLMHeadModel)
+    saved = torch.load(cdial_dir / "pytorch_model.bin")
+    assert torch.equal(model.transformer.tokens_embed.weight, saved["transformer.tokens_embed.weight"])
+    assert len(tokenizer) == len(CDIAL_VOCAB)  # no [MASK] appended past the embedding
+
+
+def test_chatting_with_a_cdial_folder_uses_its_layout(cdial_dir):
+    bot = ChatBot.from_pretrained(cdial_dir, device="cpu", temperature=0, max_new_tokens=4, min_new_tokens=4)
+    seen = []
+    bot._forward.model.register_forward_pre_hook(
+        lambda m, args, kw: seen.append((kw["input_ids"][0].tolist(), kw["token_type_ids"][0].tolist())),
+        with_kwargs=True)
+    bot.reply("你好", history=["谢谢", "很好"])
+    # [CLS] [speaker1] 谢谢 [speaker2] 很好 [speaker1] 你好 [speaker2]: the reply is speaker 2's turn.
+    context = [CLS, SPK1, 9, 9, SPK2, 8, 5, SPK1, 4, 5, SPK2]
+    types = [CLS, SPK1, SPK1, SPK1, SPK2, SPK2, SPK2, SPK1, SPK1, SPK1, SPK2]
+    assert seen[0] == (context, types)
+    # No KV cache in OpenAI GPT: every step re-reads the whole sequence, the reply typed [speaker2].
+    assert [len(ids) for ids, _ in seen] == [11, 12, 13, 14]
+    assert all(t[11:] == [SPK2] * (len(t) - 11) for _, t in seen)
+
+
+def test_greedy_cdial_reply_matches_a_step_by_step_argmax(cdial_dir):
+    bot = ChatBot.from_pretrained(cdial_dir, device="cpu", temperature=0, min_new_tokens=0, max_new_tokens=6)
+    model = bot._forward.model
+    ids = [CLS, SPK1, 4, 5]
+    ids, types = ids + [SPK2], [CLS, SPK1, SPK1, SPK1, SPK2]
+    reply = []
+    with torch.inference_mode():
+        for _ in range(6):
+            logits = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits[0, -1]
+            logits[[CLS, PAD, UNK, SPK1, SPK2]] = -float("inf")  # never shown to a user
+            next_id = int(logits.argmax())
+            if next_id == SEP:
+                break
+            reply.append(next_id)
+            ids, types = ids + [next_id], types + [SPK2]
+    expected = "".join(CDIAL_VOCAB[i] for i in reply)
+    assert bot.reply("你好", history=[]) == expected
+
+
+def test_cdial_text_is_read_one_character_at_a_time(cdial_dir):
+    """CDial-GPT's interact.py drops spaces and splits every character ("a b 1 1"), so Latin letters
+    and digits are not [UNK] words; replies are joined back without spaces."""
+    _, tokenizer, _ = load_model(cdial_dir)
+    assert tokenizer.tokenize("你好 ab11") == ["你", "好", "a", "b", "1", "1"]
+
+
+def test_chatbot_chat_with_a_cdial_folder(cdial_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("你好\n"))
+    assert chat_main(["--model", str(cdial_dir), "--device", "cpu", "--no-transcript", "--seed", "0"]) == 0
+    reply = capsys.readouterr().out.strip()
+    assert reply and set(reply) <= set("".join(CDIAL_VOCAB[4:17]))
+
+
+def test_a_uer_gpt2_folder_loads_with_our_special_ids(uer_dir):
+    model, tokenizer, _ = load_model(uer_dir)
+    assert isinstance(model, GPT2LMHeadModel)
+    assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (4, 5, 0)
+    bot = ChatBot(model, tokenizer)
+    assert bot.reply("你好", seed=0)
+
+
+def test_an_unsupported_model_type_is_one_clear_error(tmp_path, uer_dir):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    for name in ("model.safetensors", "vocab.txt"):
+        (folder / name).write_bytes((uer_dir / name).read_bytes())
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bert.*model_type 'bert' is not supported: chatbot loads gpt2 "
+                                         r"\(GPT-2, e.g. uer/gpt2-chinese-cluecorpussmall\) and openai-gpt"):
+        load_model(folder)
+
+
+def test_weights_of_another_architecture_are_refused_not_randomly_initialised(tmp_path, cdial_dir):
+    folder = tmp_path / "mislabelled"
+    folder.mkdir()
+    for name in ("pytorch_model.bin", "vocab.txt"):
+        (folder / name).write_bytes((cdial_dir / name).read_bytes())
+    fields = {k: v for k, v in cdial_config(len(CDIAL_VOCAB)).items() if k != "afn"}
+    (folder / "config.json").write_text(json.dumps({**fields, "model_type": "gpt2"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"mislabelled: its weights do not fit a gpt2 model \(\d+ tensors missing"):
+        load_model(folder)
+
+
+def test_an_unreachable_hub_id_is_one_line(capsys):
+    code = chat_main(["--model", "nobody-here/no-such-model", "--device", "cpu", "--no-transcript"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: nobody-here/no-such-model: not a local folder, and the Hugging Face Hub is offline "
+                          "(HF_HUB_OFFLINE=1) with no cached copy")
+
+
+def test_a_missing_local_path_keeps_the_folder_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        load_model("./model/final-missing")
+
+
+def test_cdial_collate_builds_cdial_gpts_training_input(cdial_dir):
+    from chatbot.data import make_collate
+
+    tokenizer = load_model(cdial_dir)[1]
+    stored = [torch.tensor([CLS, 4, 5, SEP, 9, SEP]).numpy(), torch.tensor([CLS, 4, SEP]).numpy()]
+    batch = make_collate(tokenizer, loss_on="last", layout="cdial")(stored)
+    # [CLS] [speaker1] 你好 [speaker2] 谢 [SEP]; loss on the reply and its [SEP] only, as CDial-GPT's train.py.
+    assert batch["input_ids"].tolist() == [[CLS, SPK1, 4, 5, SPK2, 9, SEP], [CLS, SPK1, 4, SEP, PAD, PAD, PAD]]
+    assert batch["token_type_ids"].tolist() == [[CLS, SPK1, SPK1, SPK1, SPK2, SPK2, SPK2], [CLS, SPK1, SPK1, SPK1, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100] * 5 + [9, SEP], [-100, -100, 4, SEP, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1] * 7, [1] * 4 + [0] * 3]
+    everything = make_collate(tokenizer, loss_on="all", layout="cdial")(stored[:1])
+    assert everything["labels"].tolist() == [[-100, -100, 4, 5, -100, 9, SEP]]  # never [CLS] or a speaker token
+
+
+def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir, tmp_path, monkeypatch):
+    from chatbot.config import TrainConfig
+    from chatbot.train import train
+
+    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\nab 11"] * 4), encoding="utf-8")
+    result = train(TrainConfig(train=str(corpus), pretrained=str(cdial_dir), output_dir=str(tmp_path / "out"),
+                               epochs=1, batch_size=4, loss_on="last", quiet=True))
+    final = tmp_path / "out" / "final"
+    assert result.steps == 2
+    assert json.loads((final / "training_args.json").read_text())["layout"] == "cdial"
+    tuned, tokenizer, _ = load_model(final)
+    assert isinstance(tuned, OpenAIGPTLMHeadModel)
+    assert not torch.equal(tuned.transformer.h[1].attn.c_attn.weight,
+                           torch.load(cdial_dir / "pytorch_model.bin")["transformer.h.1.attn.c_attn.weight"])
+    assert tokenizer.tokenize("ab 11") == ["a", "b", "1", "1"]
+    assert ChatBot(tuned, tokenizer, training_args={"layout": "cdial"}).reply("你好", seed=0)
+
+
+def test_fine_tuning_a_uer_gpt2_folder_by_hub_style_path(uer_dir, tmp_path, monkeypatch):
+    from chatbot.config import TrainConfig
+    from chatbot.train import train
+
+    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\n谢谢"] * 4), encoding="utf-8")
+    train(TrainConfig(train=str(corpus), pretrained=str(uer_dir), output_dir=str(tmp_path / "out"), epochs=1,
+                      batch_size=4, quiet=True))
+    args = json.loads((tmp_path / "out" / "final" / "training_args.json").read_text())
+    config = json.loads((tmp_path / "out" / "final" / "config.json").read_text())
+    assert (args["layout"], config["model_type"], config["bos_token_id"], config["eos_token_id"]) == ("chitchat", "gpt2", 4, 5)
