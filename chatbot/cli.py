@@ -79,18 +79,21 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {args.max_len}")
 
     def body() -> None:
+        from chatbot.layout import CHITCHAT, EXTRA_TOKENS
         from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
+        layout = CHITCHAT
         if args.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split))
         elif args.tokenizer:
-            tokenizer = load_model_tokenizer(args.tokenizer)  # reads text as that model does
+            tokenizer, layout = load_model_tokenizer(args.tokenizer)  # reads text as that model does
         else:
             tokenizer = load_tokenizer(args.vocab)
-        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len, format=args.format,
+        # Stored examples leave room for what the model's layout adds, so --max-len is what it sees.
+        meta = preprocess(args.corpus, args.output, tokenizer, max_len=args.max_len - EXTRA_TOKENS[layout], format=args.format,
                           split=args.split, skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
         if not args.quiet:
             print_preprocess_summary(meta, args.output)

@@ -7,10 +7,16 @@ Formats:
   jsonl  one dialogue per line: a JSON list of strings, or an object with a "dialog",
          "conversation" or "turns" list.
   text   running text for language-model pretraining: each non-blank line is a passage.
+
+Memory stays bounded whatever the input: lines are read in pieces of at most MAX_LINE_BYTES (a
+longer chat line is cut, a longer passage split), LCCC JSON is parsed as a stream with ijson, and
+every turn is cut to MAX_TURN_CHARS before it reaches the tokenizer, which would otherwise spend
+gigabytes on one 10 MB line.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter
@@ -18,8 +24,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ijson
+
 FORMATS = ("auto", "txt", "lccc", "jsonl", "text")
 _JSONL_KEYS = ("dialog", "conversation", "turns")
+# A turn is cut to this many characters: tokens never outnumber characters, so this keeps far more
+# than any model's length (max_len counts tokens), and no tokenizer call sees a huge string.
+MAX_TURN_CHARS = 16_384
+MAX_LINE_BYTES = 4 * MAX_TURN_CHARS + 4  # lines are read in pieces this long; a cut one holds > MAX_TURN_CHARS
+MAX_JSONL_BYTES = 1 << 20  # a JSON-lines record longer than 1 MiB is refused, not read whole
+_BOM = b"\xef\xbb\xbf"
 
 
 class CorpusError(ValueError):
@@ -33,6 +47,7 @@ class CorpusStats:
     dialogues: int = 0
     turns: int = 0
     chars: int = 0
+    cut_turns: int = 0  # turns cut to MAX_TURN_CHARS (or lines to MAX_LINE_BYTES) while reading
     skipped: Counter = field(default_factory=Counter)
 
     def count(self, turns: list[str]) -> None:
@@ -55,7 +70,7 @@ def detect_format(path: str | Path) -> str:
     if suffix == ".txt":  # GPT2-chitchat's corpora; a first line like "[微笑]你好" is still chat text
         return "txt"
     with open(path, "rb") as f:
-        first = f.readline().decode("utf-8-sig", errors="replace").strip()
+        first = f.readline(MAX_LINE_BYTES).decode("utf-8-sig", errors="replace").strip()
     if not first.startswith(("[", "{")):
         return "txt"
     try:
@@ -101,14 +116,22 @@ def read_dialogues(path: str | Path, *, format: str = "auto", split: str | None 
         if len(turns) < min_turns:
             stats.skipped["fewer than 2 turns"] += 1
             continue
+        if any(len(t) > MAX_TURN_CHARS for t in turns):
+            stats.cut_turns += sum(len(t) > MAX_TURN_CHARS for t in turns)
+            turns = [t[:MAX_TURN_CHARS] for t in turns]
         stats.count(turns)
         yield turns
 
 
-def _lines(path: Path, skip_bad: bool, stats: CorpusStats) -> Iterator[tuple[int, str | None]]:
-    """(line number, text) pairs; text is None for an undecodable line when skipping."""
+def _lines(path: Path, skip_bad: bool, stats: CorpusStats, *, limit: int = MAX_LINE_BYTES,
+           split_long: bool = False) -> Iterator[tuple[int, str | None, bool]]:
+    """(line number, text, cut) triples; text is None for an undecodable line when skipping.
+
+    A line longer than `limit` bytes is never held whole: with `split_long` its pieces come one
+    by one (same line number), otherwise only its first piece comes, with `cut` set.
+    """
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw, cut in _raw_lines(f, limit, split_long):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
@@ -117,13 +140,45 @@ def _lines(path: Path, skip_bad: bool, stats: CorpusStats) -> Iterator[tuple[int
                                       "convert the file to UTF-8, or pass --skip-bad") from None
                 stats.skipped["invalid UTF-8"] += 1
                 text = None
-            yield number, text
+            yield number, text, cut
+
+
+def _raw_lines(f: io.BufferedReader, limit: int, split_long: bool) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes, cut) for lines read `limit` bytes at a time. A longer line comes in
+    pieces ending on whole UTF-8 characters (`split_long`), or as its first piece, `cut`."""
+    number, carry, continued = 0, b"", False
+    while chunk := f.readline(limit):
+        number += not continued
+        data, carry = carry + chunk, b""
+        continued = len(chunk) == limit and not chunk.endswith(b"\n")
+        if continued:
+            end = _utf8_boundary(data)
+            data, carry = data[:end], data[end:]
+        yield number, data, continued and not split_long
+        if continued and not split_long:
+            while (rest := f.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            carry, continued = b"", False
+    if carry:  # a character cut by the end of the file: the decoder reports it
+        yield number, carry, False
+
+
+def _utf8_boundary(data: bytes) -> int:
+    """Where an incomplete UTF-8 character at the end of `data` starts (len(data) if none)."""
+    i = len(data) - 1
+    while i >= 0 and len(data) - i < 4 and data[i] & 0xC0 == 0x80:  # continuation bytes
+        i -= 1
+    if i < 0:
+        return len(data)
+    lead = data[i]
+    need = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+    return i if len(data) - i < need else len(data)
 
 
 def _read_txt(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Iterator[list[str]]:
     turns: list[str] = []
     bad = False
-    for _, line in _lines(path, skip_bad, stats):
+    for _, line, _ in _lines(path, skip_bad, stats):
         if line is None:
             bad = True  # the dialogue around an undecodable line is dropped whole
             continue
@@ -139,16 +194,19 @@ def _read_txt(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Itera
 
 
 def _read_text(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Iterator[list[str]]:
-    for _, line in _lines(path, skip_bad, stats):
-        if line is not None and line.strip():
-            yield [line.strip()]
+    for _, line, _ in _lines(path, skip_bad, stats, split_long=True):
+        if line is not None and line.strip():  # a long passage comes as several, none of them cut
+            line = line.strip()
+            yield from ([line[i:i + MAX_TURN_CHARS]] for i in range(0, len(line), MAX_TURN_CHARS))
 
 
 def _read_jsonl(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Iterator[list[str]]:
-    for number, line in _lines(path, skip_bad, stats):
+    for number, line, cut in _lines(path, skip_bad, stats, limit=MAX_JSONL_BYTES):
         if line is None or not line.strip():
             continue
         try:
+            if cut:
+                raise CorpusError(f"record longer than {MAX_JSONL_BYTES >> 20} MiB")
             yield _jsonl_turns(json.loads(line))
         except (json.JSONDecodeError, CorpusError) as e:
             reason = "malformed JSON" if isinstance(e, json.JSONDecodeError) else str(e)
@@ -170,35 +228,92 @@ def _jsonl_turns(record) -> list[str]:
 
 
 def _read_lccc(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Iterator[list[str]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise CorpusError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    if isinstance(data, dict):
-        if split is None:
-            split = "train"
-        if split not in data:
-            raise CorpusError(f"{path}: no split {split!r}; it has {', '.join(map(str, data))} (use --split)")
-        data = data[split]
-    if not isinstance(data, list):
-        raise CorpusError(f"{path}: expected a list of dialogues, got {type(data).__name__}")
-    for index, dialogue in enumerate(data):
-        if not isinstance(dialogue, list) or not all(isinstance(t, str) for t in dialogue):
-            if not skip_bad:
-                raise CorpusError(f"{path}: dialogue #{index} (0-based) is not a list of strings; "
-                                  "fix it or pass --skip-bad")
-            stats.skipped["malformed record"] += 1
-            continue
-        yield [t for t in map(join_lccc_spaces, dialogue) if t]
+    """Stream the dialogues of an LCCC file; only one dialogue is in memory at a time."""
+    with open(path, "rb") as raw:
+        start = len(_BOM) if raw.read(len(_BOM)) == _BOM else 0
+        raw.seek(start)
+        head = raw.read(4096).lstrip()[:1]
+        raw.seek(start)
+        is_splits = head == b"{"
+        split = (split or "train") if is_splits else split
+        f = _TrackedReader(raw, start)
+        index = -1
+        try:
+            for index, dialogue in enumerate(ijson.items(f, f"{split}.item" if is_splits else "item")):
+                if not isinstance(dialogue, list) or not all(isinstance(t, str) for t in dialogue):
+                    if not skip_bad:
+                        raise CorpusError(f"{path}: dialogue #{index} (0-based) is not a list of strings; "
+                                          "fix it or pass --skip-bad")
+                    stats.skipped["malformed record"] += 1
+                    continue
+                yield [t for t in map(join_lccc_spaces, dialogue) if t]
+        except ijson.JSONError as e:
+            raise CorpusError(f"{path}: {_json_error(e, f)}") from None
+    if index < 0:  # nothing at all: say why (a second pass, only in this case)
+        _explain_no_dialogues(path, start, split if is_splits else None)
+
+
+class _TrackedReader:
+    """A binary file that remembers which bytes and lines the chunk it last handed out covers."""
+
+    def __init__(self, f: io.BufferedReader, offset: int):
+        self._f = f
+        self.start = self.end = offset
+        self.first_line = self.lines = 1
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.start, self.first_line = self.end, self.lines
+        self.end += len(data)
+        self.lines += data.count(b"\n")
+        return data
+
+
+def _json_error(e: Exception, f: _TrackedReader) -> str:
+    reason, *context = str(e).splitlines() or ["malformed JSON"]
+    near = f", near {context[0].strip()!r}" if context and context[0].strip() else ""
+    kind = "not valid UTF-8" if "UTF8" in reason else "malformed JSON"
+    return (f"{kind} ({reason.strip().rstrip('.')}{near}) within lines {f.first_line:,}-{f.lines:,} "
+            f"(bytes {f.start:,}-{f.end:,})")
+
+
+def _explain_no_dialogues(path: Path, start: int, split: str | None) -> None:
+    """Raise CorpusError when a file holding no dialogue is not simply an empty list of them."""
+    with open(path, "rb") as raw:
+        raw.seek(start)
+        events = ijson.parse(raw)
+        try:
+            _, event, _ = next(events)
+            if split is None:
+                if event != "start_array":
+                    raise CorpusError(f"{path}: expected a list of dialogues, got {_JSON_TYPES.get(event, event)}")
+                return
+            keys = []
+            for prefix, event, value in events:
+                if prefix == "" and event == "map_key":
+                    keys.append(value)
+                elif prefix == split and len(keys) and keys[-1] == split:
+                    if event != "start_array":
+                        raise CorpusError(f"{path}: split {split!r} should be a list of dialogues, got "
+                                          f"{_JSON_TYPES.get(event, event)}")
+                    return
+        except ijson.JSONError:
+            return  # the first pass already reported malformed JSON
+    raise CorpusError(f"{path}: no split {split!r}; it has {', '.join(map(str, keys))} (use --split)")
+
+
+_JSON_TYPES = {"start_map": "dict", "start_array": "list", "string": "str", "number": "number",
+               "boolean": "bool", "null": "null"}
 
 
 _LCCC_SPACE = re.compile(r"\s+")
+_SPACE_BETWEEN_WORDS = re.compile(r"[0-9A-Za-z]\s+[0-9A-Za-z]")
 
 
 def join_lccc_spaces(text: str) -> str:
     """Undo LCCC's one-space-between-characters: keep one space only between two ASCII words."""
+    if _SPACE_BETWEEN_WORDS.search(text) is None:  # the common case, in C: no space is kept
+        return "".join(text.split())
     return _LCCC_SPACE.sub(_keep_space_between_words, text.strip())
 
 

@@ -185,17 +185,23 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
     return prepare_model(model.eval(), precision).to(device), tokenizer, training_args
 
 
-def load_model_tokenizer(source: str | Path) -> BertTokenizerFast:
-    """The tokenizer of a model folder or Hub id, reading text as that model does (one token per
-    character for CDial-GPT's); a folder of tokenizer files only gives its plain tokenizer."""
+def load_model_tokenizer(source: str | Path) -> tuple[BertTokenizerFast, str]:
+    """(tokenizer, dialogue layout) of a model folder or Hub id, the tokenizer reading text as that
+    model does (one token per character for CDial-GPT's); a folder of tokenizer files only gives
+    its plain tokenizer and CHITCHAT."""
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        return load_tokenizer(source)
-    return _read_model_dir(resolve_model_dir(source), where=str(source))[1]
+        return load_tokenizer(source), CHITCHAT
+    kind, tokenizer, training_args = _read_model_dir(resolve_model_dir(source), where=str(source))
+    return tokenizer, dialogue_layout(kind, tokenizer, training_args)
 
 
 def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, dict]:
     """(model_type, tokenizer as the model reads text, training_args or {}) of a checked folder."""
-    kind = model_type(json.loads((path / "config.json").read_text(encoding="utf-8")), where)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON ({e}); the folder is damaged") from None
+    kind = model_type(config, where)
     tokenizer = load_tokenizer(path)
     args_file = path / TRAINING_ARGS
     training_args = json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {}

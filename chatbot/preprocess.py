@@ -183,6 +183,7 @@ def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, sk
         "dialogues": read.dialogues, "turns": read.turns, "chars": read.chars,
         "examples": total.examples, "tokens": total.tokens, "unk_tokens": total.unk,
         "windowed_dialogues": total.windowed_dialogues, "truncated_turns": total.truncated_turns,
+        "cut_while_reading": read.cut_turns,
         "skipped": dict(read.skipped + total.skipped), "seconds": round(time.perf_counter() - started, 3),
     }
     (folder / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -241,6 +242,7 @@ def _merge_read(parts: list[CorpusStats]) -> CorpusStats:
         out.dialogues += p.dialogues
         out.turns += p.turns
         out.chars += p.chars
+        out.cut_turns += p.cut_turns
         out.skipped.update(p.skipped)
     return out
 

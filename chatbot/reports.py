@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from chatbot.corpus import MAX_TURN_CHARS
+
 console = Console(stderr=True)
 
 
@@ -27,11 +29,33 @@ def print_preprocess_summary(meta: dict, output) -> None:
         ("[UNK] rate", f"{meta['unk_tokens'] / max(meta['tokens'], 1):.3%}"),
         ("dialogues split into windows", meta["windowed_dialogues"]),
         ("turns truncated to max_len", meta["truncated_turns"]),
+        *([(f"turns cut to {MAX_TURN_CHARS:,} characters while reading", meta["cut_while_reading"])]
+          if meta.get("cut_while_reading") else []),
         ("max_len / dtype", f"{meta['max_len']} / {meta['dtype']}"),
         ("time", f"{seconds:.1f} s ({meta['dialogues'] / seconds:,.0f} dialogues/s)"),
         ("output", str(output)),
     ]
     print_table("chatbot-preprocess", rows)
+
+
+# Above this share of [UNK], the corpus and the vocabulary do not match: clean simplified-Chinese
+# corpora stay well under 1% with the shipped vocabulary (data/train.txt: 0%), while 2% is already
+# one [UNK] in every few turns, which the model then learns to write.
+UNK_WARN_RATE = 0.02
+
+
+def print_unk_rate(meta: dict, source, *, quiet: bool = False) -> None:
+    """The [UNK] share of an encoded dataset (its meta.json), with a warning above UNK_WARN_RATE."""
+    rate = meta["unk_tokens"] / max(meta["tokens"], 1)
+    if not quiet:
+        console.print(f"[UNK] rate of {source}: {rate:.1%} ({meta['unk_tokens']:,} of {meta['tokens']:,} tokens)",
+                      markup=False, highlight=False, soft_wrap=True)
+    if rate > UNK_WARN_RATE:
+        console.print(f"warning: {rate:.1%} of the tokens are [UNK] (more than {UNK_WARN_RATE:.0%}): the vocabulary "
+                      f"lacks many characters of {source} (traditional characters?). Build one from the corpus with "
+                      f"`chatbot-preprocess {source} --vocab-out my_vocab.txt -o enc` and train with "
+                      "--vocab my_vocab.txt (a --pretrained model keeps its own tokenizer)",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 def print_eval_report(report: dict, examples: int = 0) -> None:

@@ -48,7 +48,7 @@ from chatbot.evaluate import evaluate_loss
 from chatbot.layout import CHITCHAT, EXTRA_TOKENS
 from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
-from chatbot.reports import print_table
+from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
 
 BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"
@@ -133,6 +133,8 @@ def load_data(cfg: TrainConfig, tokenizer, max_len: int, info: DistInfo, device:
             valid_set = load_dataset(valid, tokenizer, **common) if valid else None
         if info.enabled:
             torch.distributed.barrier()
+    if info.is_main:
+        print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
     if cfg.valid_ratio:
         train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
     if len(train_set) < info.world_size:

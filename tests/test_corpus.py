@@ -1,8 +1,19 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from chatbot.corpus import CorpusError, CorpusStats, detect_format, join_lccc_spaces, read_dialogues
+from chatbot.corpus import (
+    MAX_LINE_BYTES,
+    MAX_TURN_CHARS,
+    CorpusError,
+    CorpusStats,
+    detect_format,
+    join_lccc_spaces,
+    read_dialogues,
+)
 
 
 def write(tmp_path, name, content):
@@ -105,3 +116,62 @@ def test_detect_format(tmp_path, name, content, expected):
 
 def test_join_lccc_spaces():
     assert join_lccc_spaces(" 我 用 iPhone 13 ， 你 呢 ？ ") == "我用iPhone 13，你呢？"
+
+
+def test_a_huge_line_is_cut_and_a_huge_passage_split_on_whole_characters(tmp_path):
+    line = "你好吗" * 100_000  # 900 KB, more than MAX_LINE_BYTES, which is not a multiple of 3
+    path = write(tmp_path, "c.txt", f"在吗\n{line}\n\n谢谢\n不客气")
+    stats = CorpusStats()
+    assert list(read_dialogues(path, stats=stats)) == [["在吗", line[:MAX_TURN_CHARS]], ["谢谢", "不客气"]]
+    assert stats.cut_turns == 1
+    passages = [p for (p,) in read_dialogues(path, format="text")]
+    assert passages[0] == "在吗" and "".join(passages[1:-2]) == line and passages[-2:] == ["谢谢", "不客气"]
+    assert max(len(p.encode()) for p in passages) <= MAX_LINE_BYTES
+
+
+def test_lccc_is_streamed_with_bom_and_malformed_json_names_file_and_lines(tmp_path):
+    path = write(tmp_path, "lccc.json", b"\xef\xbb\xbf" + '{"train": [["你 好", "在 的"],\n ["a", x]]}'.encode())
+    reader = read_dialogues(path)
+    assert next(reader) == ["你好", "在的"]  # the first dialogue comes before the error further on
+    with pytest.raises(CorpusError, match=r"lccc.json: malformed JSON \(lexical error: invalid char in json text, "
+                                          r"near .*\) within lines 1-2 \(bytes 3-49\)"):
+        next(reader)
+    with pytest.raises(CorpusError, match="split 'train' should be a list of dialogues, got dict"):
+        list(read_dialogues(write(tmp_path, "d.json", '{"train": {"a": 1}}')))
+    with pytest.raises(CorpusError, match="expected a list of dialogues, got str"):
+        list(read_dialogues(write(tmp_path, "s.json", '"x"')))
+
+
+# Peak RSS growth (ru_maxrss, KiB on Linux) of each step, in a fresh process.
+MEMORY_CHILD = r"""
+import json, resource, sys
+from chatbot.corpus import read_dialogues
+from chatbot.preprocess import preprocess
+from chatbot.tokenization import load_tokenizer
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+tmp, vocab = sys.argv[1], sys.argv[2]
+tok = load_tokenizer(vocab)
+preprocess([tmp + "/normal.txt"], tmp + "/a", tok, max_len=64, progress=False)
+base = peak()
+preprocess([tmp + "/huge-line.txt"], tmp + "/b", tok, max_len=64, progress=False)
+huge = peak()
+n = sum(1 for _ in read_dialogues(tmp + "/lccc.json"))
+print(json.dumps({"huge_line_mb": huge - base, "lccc_mb": peak() - huge, "lccc_dialogues": n}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_memory_stays_flat_for_a_10_mb_line_and_a_big_lccc_file(tmp_path, vocab_file):
+    (tmp_path / "normal.txt").write_text("你好\n我很好\n\n谢谢\n不客气\n", encoding="utf-8")
+    (tmp_path / "huge-line.txt").write_text("你好\n" + "我很好" * 1_200_000 + "\n", encoding="utf-8")  # 10.8 MB
+    with open(tmp_path / "lccc.json", "w", encoding="utf-8") as f:  # 24 MB: json.loads took +80 MB
+        f.write('{"train": [')
+        f.write(",\n".join(json.dumps(["你 好 吗 " * 8, "我 很 好 " * 10, "谢 谢"], ensure_ascii=False)
+                            for _ in range(100_000)))
+        f.write("]}")
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(tmp_path), str(vocab_file)], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).parents[1]).stdout
+    growth = json.loads(out)
+    assert growth["lccc_dialogues"] == 100_000
+    assert growth["huge_line_mb"] < 30 and growth["lccc_mb"] < 30, growth  # before: +1 660 MB and +80 MB

@@ -2,14 +2,18 @@
 as tiny random models saved in the layouts their Hub repositories use, and Hub ids."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
 
 from chatbot.bot import ChatBot
-from chatbot.cli import chat_main
-from chatbot.modeling import load_model
+from chatbot.cli import chat_main, preprocess_main, train_main
+from chatbot.data import TokenDataset
+from chatbot.evaluate import evaluate_model
+from chatbot.modeling import dialogue_layout, load_model
+from chatbot.tokenization import load_tokenizer, split_characters, vocab_fingerprint
 
 # CDial-GPT's vocab.txt starts [CLS] [PAD] [SEP] [UNK] and ends [speaker1] [speaker2]; it has no [MASK].
 CDIAL_VOCAB = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", *"你好吗我很谢今天气", "a", "b", "1", "，", "[speaker1]", "[speaker2]"]
@@ -199,3 +203,59 @@ def test_fine_tuning_a_uer_gpt2_folder_by_hub_style_path(uer_dir, tmp_path, monk
     args = json.loads((tmp_path / "out" / "final" / "training_args.json").read_text())
     config = json.loads((tmp_path / "out" / "final" / "config.json").read_text())
     assert (args["layout"], config["model_type"], config["bos_token_id"], config["eos_token_id"]) == ("chitchat", "gpt2", 4, 5)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch, uer_dir, cdial_dir):
+    """A Hugging Face cache holding uer/gpt2-tiny and thu-coai/CDial-GPT_tiny, as a download leaves it."""
+    import huggingface_hub.constants
+
+    for repo_id, folder in [("uer/gpt2-tiny", uer_dir), ("thu-coai/CDial-GPT_tiny", cdial_dir)]:
+        repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0" * 40)
+        shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_hub_ids_load_from_the_cache_offline(hub_cache, tmp_path, monkeypatch, capsys):
+    bot = ChatBot.from_pretrained("thu-coai/CDial-GPT_tiny", device="cpu", max_new_tokens=4)
+    assert isinstance(bot._forward.model, OpenAIGPTLMHeadModel) and bot.reply("你好", seed=0)
+    reranked = ChatBot.from_pretrained("uer/gpt2-tiny", device="cpu", mmi_model="uer/gpt2-tiny", num_candidates=2)
+    assert reranked.reply("你好", seed=0)
+    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("你好\n我很好\n\n今天\n天气好\n", encoding="utf-8")
+    assert train_main(["--train", str(corpus), "--pretrained", "uer/gpt2-tiny", "--output-dir", str(tmp_path / "out"),
+                       "--max-steps", "1", "--batch-size", "2", "--quiet"]) == 0
+    assert json.loads((tmp_path / "out" / "final" / "training_args.json").read_text())["source"] == "uer/gpt2-tiny"
+
+
+def test_a_gpt2_with_cdial_gpts_vocabulary_reads_cdial_gpts_layout(cdial_dir, uer_dir, tokenizer):
+    """thu-coai/CDial-GPT2_LCCC-base is a GPT-2 trained in CDial-GPT's layout."""
+    cdial_tokenizer = load_tokenizer(cdial_dir)
+    assert dialogue_layout("gpt2", cdial_tokenizer, {}) == "cdial"
+    assert dialogue_layout("gpt2", load_tokenizer(uer_dir), {}) == "chitchat"
+    assert dialogue_layout("gpt2", cdial_tokenizer, {"layout": "chitchat"}) == "chitchat"  # recorded by training
+    with pytest.raises(ValueError, match=r"speaker ids need \[speaker1\] and \[speaker2\]"):
+        dialogue_layout("openai-gpt", load_tokenizer(uer_dir), {})
+
+
+def test_character_splitting_changes_the_vocab_fingerprint(cdial_dir):
+    plain = load_tokenizer(cdial_dir)
+    before = vocab_fingerprint(plain)
+    assert vocab_fingerprint(split_characters(plain)) != before  # a word-level cache is not reused
+
+
+def test_preprocess_and_eval_read_a_cdial_folder_as_the_model_does(cdial_dir, tmp_path, capsys):
+    corpus = tmp_path / "valid.txt"
+    corpus.write_text("你好 ab\n我很好\n\n今天\n天气好\n", encoding="utf-8")
+    args = [str(corpus), "-o", str(tmp_path / "enc"), "--tokenizer", str(cdial_dir), "--max-len", "64", "--quiet"]
+    assert preprocess_main(args) == 0
+    encoded = TokenDataset(tmp_path / "enc")
+    assert 13 in encoded[0]  # "a", not [UNK]
+    assert encoded.meta["max_len"] == 63  # the layout's extra token fits the model's 64 positions
+    report = evaluate_model(str(cdial_dir), str(tmp_path / "enc"), device="cpu", progress=False,
+                            sampling={"max_new_tokens": 3})
+    assert report["perplexity"]["tokens"] == 8 + 6  # every turn's tokens and the final [SEP], no speaker token
+    assert report["samples"]["sampled"][0]["history"] == ["你好ab"]

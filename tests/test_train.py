@@ -185,3 +185,14 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(corpus, model_config, 
     checkpoints = [p for p in out.iterdir() if p.name.startswith("checkpoint-")]
     assert checkpoints and all((p / "trainer_state.pt").is_file() for p in checkpoints)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_train_reports_the_unk_rate_and_warns_when_high(model_config, vocab_file, tmp_path, capsys):
+    corpus = tmp_path / "traditional.txt"
+    corpus.write_text("\n\n".join(["妳好\n謝謝妳", "今天天氣很好\n謝謝"] * 4), encoding="utf-8")
+    assert train_main(["--train", str(corpus), "--config", str(model_config), "--vocab", str(vocab_file),
+                       "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--batch-size", "4"]) == 0
+    err = capsys.readouterr().err
+    # 4 x (8 + 11) tokens with [CLS] and [SEP]s; 妳 謝 氣 (4 + 3 per pair) are not in the tiny vocabulary.
+    assert f"[UNK] rate of {corpus}: 36.8% (28 of 76 tokens)" in err
+    assert "warning: 36.8% of the tokens are [UNK] (more than 2%)" in err and "--vocab-out" in err
