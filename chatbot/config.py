@@ -63,7 +63,8 @@ class TrainConfig:
     seed: int = opt(42, "random seed (each process adds its rank)")
     # hardware
     device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)", metavar="DEVICE")
-    precision: str = opt("auto", "auto (bf16, else fp16 on GPU; fp32 on CPU), fp32, bf16 or fp16",
+    precision: str = opt("auto", "auto (GPU: bf16, else fp16; CPU: bf16 where it runs bf16 natively, else fp32), "
+                                 "fp32, bf16 or fp16",
                          choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a slow first one)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from chatbot import precision
+from chatbot import precision, train
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main
 from chatbot.data import load_dataset, make_collate
@@ -131,3 +131,10 @@ def test_linear_conversion_computes_what_conv1d_did():
     precision.conv1d_to_linear(holder)
     assert isinstance(holder[0], nn.Linear)
     torch.testing.assert_close(holder[0](x), expected)
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_training_auto_precision_is_bf16_on_cpus_that_run_it_natively(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(train, "cpu_supports", lambda d: native_bf16 and d == "bf16")
+    assert train.resolve_precision("auto", torch.device("cpu"))[2] == expected
+    assert train.resolve_precision("fp32", torch.device("cpu"))[2] == "fp32"
