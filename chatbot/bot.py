@@ -16,12 +16,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from transformers import BertTokenizerFast, PreTrainedModel
 
+from chatbot.batching import BatchDecoder
 from chatbot.distributed import resolve_device
 from chatbot.history import fit_turns
 from chatbot.layout import (
@@ -38,6 +39,7 @@ from chatbot.modeling import context_limit, dialogue_layout, load_model
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
 from chatbot.tokenization import (
+    TextStream,
     decode_ids,
     encode_texts,
     hidden_token_ids,
@@ -77,6 +79,16 @@ class _Model:
         if self.speaker_ids:
             return ids, *speaker_type_ids(ids, sep_id=sep_id, speaker_ids=self.speaker_ids)
         return ids, None, None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is given to reply to a message."""
+
+    turns: list[list[int]]  # the turns kept, oldest first, as ids without specials
+    input_ids: list[int]  # [CLS] t1 [SEP] t2 [SEP] ...
+    token_type_ids: list[int] | None  # speaker segment ids, for models trained with them
+    reply_type_id: int | None  # the reply's segment id, with token_type_ids
 
 
 class ChatBot:
@@ -236,45 +248,52 @@ class ChatBot:
         With several candidates (and an MMI model), the best one comes as a single piece.
         """
         options = self.resolve_options(**changes)
+        prompt = self.prompt(text, history, max_new_tokens=options.max_new_tokens)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        steps = generate_tokens(self._forward.model, prompt.input_ids, eos_id=self.tokenizer.sep_token_id,
+                                banned_ids=self._banned, token_type_ids=prompt.token_type_ids,
+                                reply_type_id=prompt.reply_type_id, generator=generator, **asdict(options))
+        if options.num_candidates == 1:
+            yield from self._decode_stream(step[0] for step in steps)
+        else:
+            yield self._decode(self._rerank(steps, prompt.turns))
+
+    def prompt(self, text: str, history: list[str], *, max_new_tokens: int) -> Prompt:
+        """The model's input for replying to `text` after `history` (oldest first), fitted so that
+        a reply of `max_new_tokens` still fits the model; logs a warning when `text` had to be cut."""
         # Only the newest max_history turns can be used: the rest is not worth encoding.
         recent = encode_texts(self.tokenizer, [*history, text][-self.max_history:])
         extra = EXTRA_TOKENS[self._forward.layout]
         turns, notice = fit_turns(recent, max_history=self.max_history,
-                                  max_len=self._forward.max_len - options.max_new_tokens - extra)
+                                  max_len=self._forward.max_len - max_new_tokens - extra)
         if notice:
             log.warning(notice)
         context = self._forward.context(turns, cls_id=self.tokenizer.cls_token_id, sep_id=self.tokenizer.sep_token_id)
-        steps = self._generate_ids(context, options, seed)
-        if options.num_candidates == 1:
-            yield from self._decode_stream(step[0] for step in steps)
-        else:
-            yield self._decode(self._rerank(steps, turns))
+        return Prompt(turns, *context)
 
-    def _generate_ids(self, context: tuple[list[int], list[int] | None, int | None], options: SamplingOptions,
-                      seed: int | None) -> Iterator[list[int]]:
-        ids, types, reply_type = context
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        return generate_tokens(self._forward.model, ids, eos_id=self.tokenizer.sep_token_id,
-                               banned_ids=self._banned, token_type_ids=types, reply_type_id=reply_type,
-                               generator=generator, **asdict(options))
+    def batch_decoder(self) -> BatchDecoder:
+        """A decoder of many replies at once (what `chatbot-serve` runs), with this bot's model and bans.
+
+        Raises:
+            ValueError: for a model without a KV cache (CDial-GPT's OpenAI GPT), which it cannot batch.
+        """
+        return BatchDecoder(self._forward.model, eos_id=self.tokenizer.sep_token_id, banned_ids=self._banned)
+
+    def text_stream(self) -> TextStream:
+        """Turns a reply's token ids, as they arrive, into the text each one adds."""
+        return TextStream(self.tokenizer, self._hidden, spaced_words=self._spaced_words)
 
     def _decode(self, ids: list[int]) -> str:
         return decode_ids(self.tokenizer, ids, self._hidden, spaced_words=self._spaced_words)
 
     def _decode_stream(self, token_ids: Iterator[int]) -> Iterator[str]:
-        """Yield text as it grows. Decoding the whole reply each time (not token by token) lets
-        decode_ids glue `##` pieces and space English words; each decode extends the previous."""
-        ids: list[int] = []
-        text = ""
+        """Yield the reply's text as it grows, up to the first [SEP]."""
+        text = self.text_stream()
         for token_id in token_ids:
             if token_id == self.tokenizer.sep_token_id:
                 return
-            ids.append(token_id)
-            new_text = self._decode(ids)
-            assert new_text.startswith(text), "decode_ids must only append as tokens are added"
-            if new_text != text:
-                yield new_text[len(text):]
-                text = new_text
+            if piece := text.add(token_id):
+                yield piece
 
     def _rerank(self, steps: Iterator[list[int]], turns: list[list[int]]) -> list[int]:
         """Collect all candidates, then keep the one the backward model finds most informative

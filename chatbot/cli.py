@@ -180,16 +180,10 @@ def _option_type(name: str, kind: type) -> Callable[[str], int | float]:
     return parse
 
 
-def chat_parser() -> argparse.ArgumentParser:
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The default sampling options, as chatbot-chat and chatbot-serve take them."""
     d = SamplingOptions()
-    p = argparse.ArgumentParser(
-        prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
-        "message per line and print one reply per line (no prompts, no colour).")
     add = p.add_argument
-    add("--model", metavar="DIR|ID", default="model/final",
-        help="model folder written by chatbot-train, or a Hugging Face Hub id such as thu-coai/CDial-GPT_LCCC-base "
-             "(default: %(default)s)")
-    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
     add("--temperature", metavar="T", type=_option_type("temperature", float), default=d.temperature,
         help="sampling temperature; 0 = always the most likely token (default: %(default)s)")
     add("--top-k", metavar="K", type=_option_type("top_k", int), default=d.top_k,
@@ -207,13 +201,25 @@ def chat_parser() -> argparse.ArgumentParser:
         default=d.min_new_tokens, help="shortest reply, in tokens (default: %(default)s)")
     add("--max-len", metavar="N", dest="max_new_tokens", type=_option_type("max_new_tokens", int),
         default=d.max_new_tokens, help="longest reply, in tokens (default: %(default)s)")
+
+
+def chat_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chatbot-chat", description="Chat with a trained model. With stdin not a terminal, read one "
+        "message per line and print one reply per line (no prompts, no colour).")
+    add = p.add_argument
+    add("--model", metavar="DIR|ID", default="model/final",
+        help="model folder written by chatbot-train, or a Hugging Face Hub id such as thu-coai/CDial-GPT_LCCC-base "
+             "(default: %(default)s)")
+    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
+    _add_sampling_flags(p)
     add("--max-history", metavar="N", type=positive_int, default=3,
         help="turns the model sees, your new message included (default: %(default)s)")
     add("--seed", metavar="N", type=int, default=None, help="make replies reproducible (reply i uses seed + i)")
     add("--mmi-model", metavar="DIR|ID", default=None,
         help="backward model folder or Hub id (chatbot-train --reverse) that picks the best of --candidates")
     add("--candidates", metavar="N", dest="num_candidates", type=_option_type("num_candidates", int),
-        default=d.num_candidates,
+        default=SamplingOptions().num_candidates,
         help="replies sampled per message in one batch; > 1 needs --mmi-model (default: %(default)s)")
     add("--log-dir", metavar="DIR", default=None,
         help="folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/transcripts, else "
@@ -354,3 +360,87 @@ def eval_main(argv: list[str] | None = None) -> int:
             print_eval_report(report, args.examples)
 
     return run_command(body)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535] (0 = any free port), got {value}")
+    return value
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chatbot-serve", description="Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, "
+        "GET /v1/models, GET /health) with a chat page at /. Concurrent requests are decoded together.")
+    add = p.add_argument
+    add("--model", metavar="DIR", default="model/final",
+        help="model folder written by chatbot-train (default: %(default)s)")
+    add("--served-model-name", metavar="NAME", help="the model id clients see and send (default: the --model value)")
+    add("--host", default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 opens the server to the network (default: %(default)s)")
+    add("--port", type=_port, default=8000, help="port to listen on (default: %(default)s)")
+    add("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1/* (default: $CHATBOT_API_KEY "
+        "if set, else no key)")
+    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)")
+    add("--max-batch", metavar="N", type=positive_int, default=16,
+        help="replies decoded together in one batch (default: %(default)s)")
+    add("--max-concurrent", metavar="N", type=positive_int, default=64,
+        help="requests held at once, decoding or queued; more get HTTP 429 (default: %(default)s)")
+    add("--max-body-bytes", metavar="N", type=positive_int, default=2**20,
+        help="larger request bodies get HTTP 413 (default: %(default)s)")
+    add("--max-message-chars", metavar="N", type=positive_int, default=8000,
+        help="longer messages get HTTP 400 (default: %(default)s)")
+    add("--cors-origin", metavar="ORIGIN", action="append", default=[],
+        help="let pages from ORIGIN (e.g. https://example.com) call the API; repeatable (default: none, CORS off)")
+    _add_sampling_flags(p)
+    add("--max-history", metavar="N", type=positive_int, default=3,
+        help="turns the model sees, the new message included (default: %(default)s)")
+    return p
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """`chatbot-serve`: an OpenAI-compatible HTTP server with a chat page."""
+    import os
+
+    parser = serve_parser()
+    args = parser.parse_args(argv)
+    if args.min_new_tokens > args.max_new_tokens:
+        parser.error(f"--min-len ({args.min_new_tokens}) must be <= --max-len ({args.max_new_tokens})")
+    return run_command(lambda: _serve(args, args.api_key or os.environ.get("CHATBOT_API_KEY") or None))
+
+
+def _serve(args: argparse.Namespace, api_key: str | None) -> int:
+    import logging
+
+    import uvicorn
+    from transformers.utils import logging as hf_logging
+
+    from chatbot.bot import ChatBot
+    from chatbot.modeling import check_model_dir
+    from chatbot.serve import ServeSettings, create_app
+
+    check_model_dir(args.model)  # a wrong path fails now, not after the server has started
+    hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    options = {name: getattr(args, name) for name in SamplingOptions.__dataclass_fields__ if hasattr(args, name)}
+    settings = ServeSettings(args.served_model_name or args.model, max_batch=args.max_batch,
+                             max_concurrent=args.max_concurrent, max_body_bytes=args.max_body_bytes,
+                             max_message_chars=args.max_message_chars, api_key=api_key,
+                             cors_origins=tuple(args.cors_origin))
+    failures: list[Exception] = []
+
+    def load_failed(error: Exception) -> None:
+        failures.append(error)
+        server.should_exit = True
+
+    app = create_app(lambda: ChatBot.from_pretrained(args.model, args.device, max_history=args.max_history,
+                                                     **options), settings, on_load_error=load_failed)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+    server.run()
+    if failures:  # run_command reports a user error (bad folder, bad option) as one line
+        raise failures[0]
+    return 0

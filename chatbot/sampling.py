@@ -88,9 +88,9 @@ def repeated_ngram_ids(ids: list[int], n: int) -> list[int]:
     return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i:i + n - 1] == prefix]
 
 
-def _adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repetition_penalty,
-                   penalize_context, no_repeat_ngram_size, min_new_tokens) -> torch.Tensor:
-    """Apply bans and penalties to this step's (N, V) logits; `generated` is (N, step)."""
+def adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repetition_penalty,
+                  penalize_context, no_repeat_ngram_size, min_new_tokens) -> torch.Tensor:
+    """Apply bans and penalties to this step's (N, V) logits; `generated` is (N, step), `context` (1, T)."""
     logits = logits.to(torch.float32, copy=True)  # the model's logits may be an expanded view
     seen = torch.cat([context.expand(len(logits), -1), generated], 1) if penalize_context else generated
     if repetition_penalty != 1.0 and seen.size(1):
@@ -157,9 +157,9 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
     generated = torch.empty(num_candidates, 0, dtype=torch.long, device=device)  # (N, step)
     finished = torch.zeros(num_candidates, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        scores = _adjust_logits(logits, generated, context, step, eos_id=eos_id, banned_ids=banned,
-                                repetition_penalty=repetition_penalty, penalize_context=penalize_context,
-                                no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens)
+        scores = adjust_logits(logits, generated, context, step, eos_id=eos_id, banned_ids=banned,
+                               repetition_penalty=repetition_penalty, penalize_context=penalize_context,
+                               no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens)
         next_ids = sample_next_token(scores, temperature=temperature, top_k=top_k, top_p=top_p,
                                      generator=generator)
         next_ids = next_ids.masked_fill(finished, eos_id)  # (N,)

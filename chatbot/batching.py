@@ -1,0 +1,196 @@
+"""Batched decoding for a server: many sequences, one forward pass per step, joining and leaving at any step.
+
+The batched twin of `sampling.generate_tokens`, and as pure: no threads, no tokenizer, no I/O.
+Each sequence (a *row*) keeps its own prompt, options, random generator and position; all rows
+share one KV cache whose rows are left-padded to a common length and masked, so a step feeds one
+token per row through the model once. A new sequence is prefilled alone (exactly as
+`generate_tokens` prefills it) and then joins the running batch at the next step; a finished or
+removed one leaves at once and its cache rows are dropped.
+
+Each row makes the same sampling calls with the same generator as `generate_tokens` with one
+candidate, so a seeded reply is the same alone or batched, up to float rounding in the batched
+matmuls (which the tests check does not change the tokens).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Collection, Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, PreTrainedModel
+
+from chatbot.options import SamplingOptions
+from chatbot.sampling import adjust_logits, sample_next_token
+
+
+@dataclass
+class _Row:
+    key: Hashable
+    context: torch.Tensor  # (1, T) the prompt, for penalize_context
+    options: SamplingOptions
+    generator: torch.Generator | None
+    logits: torch.Tensor  # (1, V) scores of the next token
+    generated: torch.Tensor  # (1, step)
+    position: int  # position id of the next token fed to the model
+    reply_type_id: int | None
+
+
+class BatchDecoder:
+    """Decode many sequences together; add and remove them between steps.
+
+        decoder = BatchDecoder(model, eos_id=sep_id)
+        decoder.add(["a"], ids_a, options, seeds=[1])
+        decoder.step()              # [("a", token, finished)]
+        decoder.add(["b0", "b1"], ids_b, options, seeds=[7, 8])   # two choices of one prompt
+        decoder.step()              # one forward for a, b0 and b1
+    """
+
+    def __init__(self, model: PreTrainedModel, *, eos_id: int, banned_ids: Collection[int] = ()):
+        """Raises:
+            ValueError: for a model without a KV cache (OpenAI GPT, as CDial-GPT's models are).
+        """
+        if "past_key_values" not in inspect.signature(model.forward).parameters:
+            raise ValueError(f"{type(model).__name__} has no KV cache, which batched decoding needs; serve a "
+                             "GPT-2 model (chatbot-chat still talks with this one)")
+        self.model = model
+        self.eos_id = eos_id
+        self._banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=model.device)
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask = torch.zeros(0, 0, dtype=torch.bool, device=model.device)  # (B, L): False = padding
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def keys(self) -> list[Hashable]:
+        """The rows being decoded, in batch order."""
+        return [row.key for row in self._rows]
+
+    @torch.inference_mode()
+    def add(self, keys: Sequence[Hashable], input_ids: Sequence[int], options: SamplingOptions,
+            seeds: Sequence[int | None], *, token_type_ids: Sequence[int] | None = None,
+            reply_type_id: int | None = None) -> None:
+        """Prefill `input_ids` once and add one row per key (e.g. the n choices of one request).
+
+        Args:
+            keys: a new, unique name per row.
+            input_ids: (T,) the prompt.
+            options: sampling options of these rows (`num_candidates` is not used: one row is one reply).
+            seeds: one per key; row i samples with `torch.Generator().manual_seed(seeds[i])`, or with
+                the global generator when its seed is None.
+            token_type_ids, reply_type_id: segment ids of the prompt and of the reply, together or not at all.
+
+        Raises:
+            ValueError: for a key already decoding, seeds not matching keys, or a prompt too long.
+        """
+        if len(seeds) != len(keys) or not keys:
+            raise ValueError(f"need one seed per key, got {len(keys)} keys and {len(seeds)} seeds")
+        if clash := set(keys) & set(self.keys):
+            raise ValueError(f"rows {sorted(map(str, clash))} are already decoding")
+        n_positions = self.model.config.n_positions
+        if len(input_ids) + options.max_new_tokens > n_positions:
+            raise ValueError(f"prompt ({len(input_ids)} tokens) + max_new_tokens ({options.max_new_tokens}) "
+                             f"exceeds the model's n_positions ({n_positions})")
+        if (token_type_ids is None) != (reply_type_id is None):
+            raise ValueError("token_type_ids and reply_type_id must be given together")
+        device = self.model.device
+        context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
+        types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=context, token_type_ids=types, past_key_values=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1]  # (1, V)
+        cache.batch_repeat_interleave(len(keys))
+        self._join(cache, torch.ones(len(keys), context.size(1), dtype=torch.bool, device=device))
+        for key, seed in zip(keys, seeds):
+            generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+            self._rows.append(_Row(key, context, options, generator, logits,
+                                   torch.empty(1, 0, dtype=torch.long, device=device), context.size(1), reply_type_id))
+
+    def remove(self, key: Hashable) -> None:
+        """Stop decoding `key` now (a cancelled request, a stop string); unknown keys are ignored."""
+        self._keep([i for i, row in enumerate(self._rows) if row.key != key])
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Hashable, int, bool]]:
+        """Pick one token for every row, drop the rows that finished, then run one forward pass for the rest.
+
+        Returns:
+            (key, token id, finished) per row, in batch order. A row finishes on eos_id or when it
+            reaches its max_new_tokens; it is gone from the decoder when step returns.
+        """
+        results, kept, next_ids = [], [], []
+        for i, row in enumerate(self._rows):
+            token = self._sample(row)  # (1,)
+            row.generated = torch.cat([row.generated, token[:, None]], 1)
+            finished = token.item() == self.eos_id or row.generated.size(1) >= row.options.max_new_tokens
+            results.append((row.key, token.item(), finished))
+            if not finished:
+                kept.append(i)
+                next_ids.append(token)
+        self._keep(kept)
+        if self._rows:
+            self._forward(torch.cat(next_ids)[:, None])
+        return results
+
+    def _sample(self, row: _Row) -> torch.Tensor:
+        o = row.options
+        scores = adjust_logits(row.logits, row.generated, row.context, row.generated.size(1), eos_id=self.eos_id,
+                               banned_ids=self._banned, repetition_penalty=o.repetition_penalty,
+                               penalize_context=o.penalize_context, no_repeat_ngram_size=o.no_repeat_ngram_size,
+                               min_new_tokens=o.min_new_tokens)
+        return sample_next_token(scores, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
+                                 generator=row.generator)
+
+    def _forward(self, input_ids: torch.Tensor) -> None:
+        """Feed (B, 1) tokens at each row's own position; keep each row's next-token logits."""
+        device = self.model.device
+        positions = torch.tensor([[row.position] for row in self._rows], device=device)  # (B, 1)
+        types = None
+        if self._rows[0].reply_type_id is not None:
+            types = torch.tensor([[row.reply_type_id] for row in self._rows], device=device)
+        self._mask = F.pad(self._mask, (0, 1), value=True)  # (B, L + 1)
+        # A 4-D mask is used as given: every row sees its own tokens and none of the padding.
+        logits = self.model(input_ids=input_ids, position_ids=positions, token_type_ids=types,
+                            attention_mask=self._mask[:, None, None, :], past_key_values=self._cache,
+                            use_cache=True).logits[:, -1]  # (B, V)
+        for row, row_logits in zip(self._rows, logits):
+            row.logits = row_logits[None]
+            row.position += 1
+
+    def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append a prefilled cache's rows, left-padding whichever side is shorter."""
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+            return
+        length = max(self._mask.size(1), mask.size(1))
+        for mine, new in zip(self._cache.layers, cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(new.keys, length)])
+            mine.values = torch.cat([_pad_left(mine.values, length), _pad_left(new.values, length)])
+        self._mask = torch.cat([_pad_left(self._mask, length), _pad_left(mask, length)])
+
+    def _keep(self, indices: list[int]) -> None:
+        """Keep only these rows, and drop the cache columns that are padding in every row left."""
+        if len(indices) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in indices]
+        if not indices:
+            self._cache, self._mask = None, self._mask[:0, :0]
+            return
+        index = torch.tensor(indices, device=self._mask.device)
+        start = int(self._mask[index].any(0).nonzero()[0])
+        self._mask = self._mask[index, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+
+
+def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad the sequence axis (dim 2 of a (B, H, L, D) cache, dim 1 of a (B, L) mask) to `length`."""
+    missing = length - t.size(2 if t.dim() == 4 else 1)
+    if not missing:
+        return t
+    return F.pad(t, (0, 0, missing, 0)) if t.dim() == 4 else F.pad(t, (missing, 0))

@@ -1,0 +1,305 @@
+"""`chatbot-serve`'s web app: OpenAI-compatible chat completions, batched across users, and a chat page.
+
+    settings = ServeSettings("final", max_batch=16, max_concurrent=64, max_body_bytes=2**20, max_message_chars=8000)
+    app = create_app(lambda: ChatBot.from_pretrained("model/final"), settings)
+
+The model loads in a background thread once the server starts (`/health` says 503 until then);
+one `Engine` decodes every request together. Nothing here reads or writes a file a request names:
+the only file served is the packaged chat page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from chatbot.bot import ChatBot
+from chatbot.engine import Engine, Job, QueueFull
+from chatbot.protocol import (ApiError, ChatRequest, ReplyHead, held_back, parse_request, split_messages,
+                              stop_position, usage)
+
+log = logging.getLogger(__name__)
+
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                                           "style-src 'unsafe-inline'; connect-src 'self'",
+                "X-Content-Type-Options": "nosniff"}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The server's knobs; `chatbot-serve`'s flags hold their defaults."""
+
+    model_name: str  # the id /v1/models reports and requests may name
+    max_batch: int  # replies (choices) decoded together
+    max_concurrent: int  # requests held at once, decoding or queued; more get 429
+    max_body_bytes: int  # larger request bodies get 413
+    max_message_chars: int  # longer messages get 400
+    api_key: str | None = None  # required as `Authorization: Bearer KEY` on /v1/* when set
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (none: CORS off)
+
+
+class _State:
+    """What the routes share: the bot and engine once loaded, or the loading error."""
+
+    def __init__(self):
+        self.bot: ChatBot | None = None
+        self.engine: Engine | None = None
+        self.error: Exception | None = None
+        self.loaded_at = 0
+
+
+def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
+               on_load_error: Callable[[Exception], None] | None = None) -> FastAPI:
+    """The web app; `load_bot` runs in a background thread at start-up, `on_load_error` if it raises."""
+    state = _State()
+
+    def load() -> None:
+        try:
+            bot = load_bot()
+            state.engine = Engine(bot.batch_decoder(), max_batch=settings.max_batch,
+                                  max_pending=settings.max_concurrent)
+            state.bot, state.loaded_at = bot, int(time.time())
+            log.info("model %s loaded; serving", settings.model_name)
+        except Exception as e:  # noqa: BLE001 - reported by /health and on_load_error
+            state.error = e
+            if on_load_error:
+                on_load_error(e)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load, name="chatbot-load", daemon=True).start()
+        yield
+        if state.engine:
+            state.engine.close()
+
+    app = FastAPI(title="chatbot", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    _add_error_handlers(app)
+    _add_routes(app, state, settings)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse(e.body, status_code=e.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return await api_error(request, ApiError(e.status_code, str(e.detail)))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return await api_error(request, ApiError(500, "internal server error", type="server_error"))
+
+
+def _add_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
+    def ready() -> tuple[ChatBot, Engine]:
+        if state.engine is None:
+            raise ApiError(503, "the model is still loading; retry shortly (GET /health says when it is ready)",
+                           type="server_error", code="model_loading")
+        return state.bot, state.engine
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer KEY`",
+                           code="invalid_api_key")
+
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": state.loaded_at, "owned_by": "chatbot"}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        html = resources.files("chatbot").joinpath("static/chat.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers=PAGE_HEADERS)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.error is not None:
+            return JSONResponse({"status": "error", "error": str(state.error)}, status_code=500)
+        if state.engine is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": settings.model_name, **state.engine.stats()})
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        authorize(request)
+        ready()
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> dict:
+        authorize(request)
+        ready()
+        if model_id != settings.model_name:
+            raise ApiError(404, f"model {model_id!r} does not exist; this server has {settings.model_name!r}",
+                           param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        body = await _read_json(request, settings.max_body_bytes)
+        chat = parse_request(body, max_message_chars=settings.max_message_chars)
+        bot, engine = ready()
+        job = _make_job(bot, chat, settings)
+        try:
+            engine.submit(job)
+        except QueueFull as e:
+            raise ApiError(429, f"{e}; retry shortly", type="rate_limit_error", code="queue_full") from None
+        reply = _Reply(bot, job, chat.stop_strings, engine)
+        head = ReplyHead(settings.model_name)
+        if chat.stream:
+            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            return StreamingResponse(_sse(reply, head, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await _complete(request, reply, head)
+
+
+async def _read_json(request: Request, limit: int) -> object:
+    """The JSON body, read at most `limit` bytes far (413 beyond, 400 if it is not JSON)."""
+    too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)", code="request_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_big
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise too_big
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+
+
+def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:
+    if chat.model is not None and chat.model != settings.model_name:
+        raise ApiError(404, f"model {chat.model!r} does not exist; this server has {settings.model_name!r}",
+                       param="model", code="model_not_found")
+    if chat.n > settings.max_batch:
+        raise ApiError(400, f"n must be <= {settings.max_batch} (--max-batch), got {chat.n}", param="n")
+    text, history = split_messages(chat)
+    changes = {k: v for k, v in (("temperature", chat.temperature), ("top_p", chat.top_p)) if v is not None}
+    max_tokens = chat.max_completion_tokens or chat.max_tokens
+    if max_tokens is not None:
+        changes.update(max_new_tokens=max_tokens, min_new_tokens=min(bot.options.min_new_tokens, max_tokens))
+    try:
+        options = bot.resolve_options(num_candidates=1, **changes)
+    except ValueError as e:
+        raise ApiError(400, str(e).replace("max_new_tokens (--max-len)", "max_tokens"), param="max_tokens") from None
+    prompt = bot.prompt(text, history, max_new_tokens=options.max_new_tokens)
+    # Choice i samples with seed + i, so choice 0 is what the same request with n=1 gets.
+    base = secrets.randbits(62) if chat.seed is None else chat.seed
+    seeds = [(base + i) % 2**63 for i in range(chat.n)]
+    return Job(prompt, options, seeds, asyncio.get_running_loop())
+
+
+class _Reply:
+    """Turns a job's token events into text per choice: stop strings, finish reasons, token counts."""
+
+    def __init__(self, bot: ChatBot, job: Job, stops: list[str], engine: Engine):
+        self.job, self.stops, self.engine = job, stops, engine
+        self.eos_id = bot.tokenizer.sep_token_id
+        n = len(job.seeds)
+        self.streams = [bot.text_stream() for _ in range(n)]
+        self.sent = [0] * n  # characters of each choice's text already handed out
+        self.tokens = [0] * n
+        self.finish_reasons: list[str | None] = [None] * n
+
+    def usage(self) -> dict:
+        return usage(len(self.job.prompt.input_ids), sum(self.tokens))
+
+    async def pieces(self) -> AsyncIterator[tuple[int, str, str | None]]:
+        """(choice, new text, finish reason or None) as tokens arrive, until every choice is done."""
+        while None in self.finish_reasons:
+            event = await self.job.events.get()
+            if isinstance(event, Exception):
+                raise ApiError(500, f"generation failed: {event}", type="server_error")
+            for choice, token_id, finished in event:
+                if self.finish_reasons[choice] is None:
+                    yield choice, *self._advance(choice, token_id, finished)
+
+    def _advance(self, choice: int, token_id: int, finished: bool) -> tuple[str, str | None]:
+        self.tokens[choice] += 1
+        if token_id != self.eos_id:
+            self.streams[choice].add(token_id)
+        text = self.streams[choice].text
+        end, reason = len(text) - held_back(text, self.stops), None
+        if (cut := stop_position(text, self.stops)) is not None:
+            end, reason = cut, "stop"
+            self.engine.cancel(self.job, [choice])
+        elif finished:
+            end, reason = len(text), "stop" if token_id == self.eos_id else "length"
+        piece, self.sent[choice] = text[self.sent[choice]:end], end
+        self.finish_reasons[choice] = reason
+        return piece, reason
+
+
+async def _complete(request: Request, reply: _Reply, head: ReplyHead) -> JSONResponse:
+    """The whole reply as one `chat.completion`; a client that hangs up first cancels it."""
+    texts = [""] * len(reply.streams)
+
+    async def collect() -> None:
+        async for choice, piece, _ in reply.pieces():
+            texts[choice] += piece
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.create_task(collect()), asyncio.create_task(hang_up())
+    await asyncio.wait([work, watch], return_when=asyncio.FIRST_COMPLETED)
+    watch.cancel()
+    if not work.done():  # the client hung up: nobody will read the reply
+        work.cancel()
+        reply.engine.cancel(reply.job)
+        return Response(status_code=499)
+    work.result()  # raises the generation error, if any
+    return JSONResponse(head.completion(texts, reply.finish_reasons, reply.usage()))
+
+
+async def _sse(reply: _Reply, head: ReplyHead, include_usage: bool) -> AsyncIterator[str]:
+    """The reply as server-sent events: a role chunk per choice, content chunks, finish chunks, [DONE]."""
+    try:
+        for choice in range(len(reply.streams)):
+            yield _event(head.chunk(choice, {"role": "assistant", "content": ""}))
+        async for choice, piece, reason in reply.pieces():
+            if piece:
+                yield _event(head.chunk(choice, {"content": piece}))
+            if reason:
+                yield _event(head.chunk(choice, {}, reason))
+        if include_usage:
+            yield _event(head.usage_chunk(reply.usage()))
+    except ApiError as e:
+        yield _event(e.body)
+    finally:
+        # A client that hung up lands here too (Starlette cancels the stream): free its rows now.
+        reply.engine.cancel(reply.job)
+    yield "data: [DONE]\n\n"
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
