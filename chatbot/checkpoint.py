@@ -3,38 +3,65 @@
 A checkpoint is a model folder (see chatbot.modeling) plus `trainer_state.pt`: optimizer,
 scheduler and scaler states, every RNG state, and the position in training (step, epoch,
 batches done in that epoch), which is what an exact resume needs.
+
+`trainer_state.pt` holds only tensors and plain containers (dicts, lists, numbers, strings) and
+is read with `torch.load(weights_only=True)`: resuming a checkpoint someone sent you can never run
+code hidden in it. RNG states are stored in that plain form (see `rng_states`).
 """
 
 from __future__ import annotations
 
+import math
+import pickle
 import random
 import re
-import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
-from chatbot.fileio import atomic_dir
-from chatbot.modeling import check_model_dir, save_model
+from chatbot.fileio import check_output_dir, clear_outputs, recover_stale_in, remove_dir, stale_target
+from chatbot.fileio import atomic_dir as _atomic_dir
+from chatbot.modeling import TRAINING_ARGS, check_model_dir, first_line, nonfinite_parameters, save_model
 
 STATE_FILE = "trainer_state.pt"
+STATE_FORMAT = 2  # 1: pickled numpy RNG state (never loaded again); 2: tensors and plain containers only
+_STATE_KEYS = ("optimizer", "scheduler", "scaler", "progress", "rng")
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_RUN_FILES = ("metrics.jsonl", "runs", "best", "final")  # what a run writes besides checkpoint-N
+
+
+class NonFiniteError(ValueError):
+    """Training produced NaN or infinite values; nothing non-finite is saved or published."""
 
 
 def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as tensors and plain values, so that `weights_only` loading accepts them."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {"python": [version, list(internal), gauss_next], "torch": torch.get_rng_state(),
+              "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def restore_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def atomic_model_dir(path: Path):
+    """`atomic_dir` for a model folder: an existing one is replaced only if chatbot wrote it."""
+    return _atomic_dir(path, is_ours=lambda p: (p / "config.json").is_file() and (p / TRAINING_ARGS).is_file())
 
 
 def save_checkpoint(output_dir: Path, step: int, model, tokenizer, training_args: dict, state: dict,
@@ -42,21 +69,60 @@ def save_checkpoint(output_dir: Path, step: int, model, tokenizer, training_args
     """Write `output_dir/checkpoint-<step>` under a temporary name, then rename it into place.
 
     A crash at any moment leaves either the previous checkpoints or a complete new one, never a
-    half-written `checkpoint-*` (see `atomic_dir`).
+    half-written `checkpoint-*` (see `chatbot.fileio.atomic_dir`).
     `keep` > 0 prunes all but the newest `keep` checkpoints afterwards.
+
+    Raises:
+        NonFiniteError: if a weight is NaN or infinite (nothing is written).
     """
+    check_finite_weights(model, f"checkpoint-{step}", output_dir)
     final = output_dir / f"checkpoint-{step}"
-    with atomic_dir(final) as tmp:
+    with atomic_model_dir(final) as tmp:
         save_model(tmp, model, tokenizer, training_args)
-        torch.save(state, tmp / STATE_FILE)
+        torch.save({"format": STATE_FORMAT, **state}, tmp / STATE_FILE)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_dir(old)
     return final
 
 
+def publish_model(path: Path, model, tokenizer, training_args: dict) -> None:
+    """Write a loadable model folder (best/, final/) under a temporary name and swap it in.
+
+    Raises:
+        NonFiniteError: if a weight is NaN or infinite (the previous folder stays).
+    """
+    check_finite_weights(model, path.name, path.parent)
+    with atomic_model_dir(path) as tmp:
+        save_model(tmp, model, tokenizer, training_args)
+
+
+def check_finite_weights(model, what: str, output_dir: Path) -> None:
+    """Raise NonFiniteError if any parameter holds NaN or inf."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise NonFiniteError(f"training diverged: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
+                             f"{what} was not written. {_restart_hint(output_dir)}")
+
+
+def check_finite_loss(loss: float, step: int, since_step: int, output_dir: Path) -> None:
+    """Stop training at the first logged non-finite loss, naming the steps and the last good checkpoint."""
+    if not math.isfinite(loss):
+        steps = f"step {step}" if since_step >= step else f"one of steps {since_step}-{step}"
+        raise NonFiniteError(f"the training loss became {loss} at {steps}; stopped without saving or "
+                             f"publishing these weights. {_restart_hint(output_dir)}")
+
+
+def _restart_hint(output_dir: Path) -> str:
+    good = list_checkpoints(output_dir)
+    if good:  # every checkpoint passed check_finite_weights when it was saved
+        return (f"The last good checkpoint is {good[-1]}: resume from it with --resume {good[-1]} and a lower "
+                "--lr (or more --warmup-steps).")
+    return "No checkpoint was saved before: start again with a lower --lr (or more --warmup-steps)."
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
+    """Checkpoint folders holding a trainer state, oldest first."""
     if not output_dir.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in output_dir.iterdir()
@@ -64,32 +130,106 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
-    """The checkpoint folder to resume from: `auto` is the newest in output_dir (or none).
+def resolve_resume(resume: str | None, output_dir: Path, *, quiet: bool = False) -> Path | None:
+    """The checkpoint folder to resume from: `auto` is the newest readable one in output_dir (or none).
+
+    `auto` skips, and names, a newest checkpoint that is incomplete or unreadable.
 
     Raises:
-        FileNotFoundError: if a given folder is not a checkpoint.
+        FileNotFoundError / ValueError: if a given folder is not a readable checkpoint.
     """
     if resume is None:
         return None
     if resume == "auto":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        for path in reversed(list_checkpoints(output_dir)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            if not quiet:
+                print(f"warning: skipping {path}: {problem}", file=sys.stderr)
+        return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         found = ", ".join(p.name for p in list_checkpoints(path)) if path.is_dir() else ""
         hint = f" It holds {found}: pass one of those." if found else " Pass a checkpoint-N folder or --resume auto."
         raise FileNotFoundError(f"{path} is not a training checkpoint (no {STATE_FILE}).{hint}")
     check_model_dir(path)
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"cannot resume from {path}: {problem}")
     return path
 
 
-def load_state(path: Path) -> dict:
-    # Our own file: it holds numpy RNG state and optimizer tensors, not only plain tensors.
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be resumed from (missing, truncated or unsafe files), or None if it can.
+
+    Cheap: reads the safetensors header and maps the trainer state without copying it.
+    """
+    try:
+        check_model_dir(path)
+        for weights in path.glob("*.safetensors"):
+            try:
+                with safe_open(weights, "pt"):
+                    pass
+            except SafetensorError as e:
+                return f"{weights.name} is damaged ({e})"
+        load_state(path, mmap=True)
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
 
 
-def publish_model(path: Path, model, tokenizer, training_args: dict) -> None:
-    """Write a loadable model folder (best/, final/) under a temporary name and swap it in."""
-    with atomic_dir(path) as tmp:
-        save_model(tmp, model, tokenizer, training_args)
+def load_state(path: Path, *, mmap: bool = False) -> dict:
+    """The trainer state of checkpoint folder `path`, read without unpickling any object.
+
+    Raises:
+        ValueError: naming the file, if it is damaged, of an older format, or holds objects.
+    """
+    file = path / STATE_FILE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # torch names the class a payload wanted ("Unsupported global")
+            raise ValueError(f"{file} is damaged (not a file torch.save wrote)") from None
+        raise ValueError(
+            f"{file} holds Python objects, not only tensors (an older chatbot's checkpoint, or a crafted "
+            "file), and is not loaded: unpickling it could run code. Start a new run from its weights "
+            f"instead: --pretrained {path} (the optimizer state starts afresh)") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{file} is damaged, truncated or unreadable ({first_line(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or any(k not in state for k in _STATE_KEYS):
+        raise ValueError(f"{file} is not a trainer state this chatbot version wrote (format "
+                         f"{state.get('format') if isinstance(state, dict) else '?'}, expected {STATE_FORMAT}); "
+                         f"start from its weights with --pretrained {path}")
+    return state
+
+
+def is_training_name(name: str) -> bool:
+    """True for the entries a training run writes into --output-dir (and their temporary names)."""
+    name = stale_target(name) or name
+    return name in _RUN_FILES or _CHECKPOINT.fullmatch(name) is not None
+
+
+def _is_training_output(folder: Path) -> bool:
+    return all(is_training_name(entry.name) for entry in folder.iterdir())
+
+
+def prepare_output_dir(output_dir: str | Path, *, resume: str | None, overwrite: bool, is_main: bool) -> Path:
+    """Check --output-dir before any work: new, empty, or a previous training output (continued with
+    --resume, replaced with --overwrite). On the main process, clean what a killed save left and,
+    with --overwrite, remove the previous run's entries (only those).
+
+    Raises:
+        ValueError: for a file, a folder holding anything else, or a previous output without a flag.
+        OSError: if it is not writable.
+    """
+    path = Path(output_dir)
+    path = check_output_dir(path, is_ours=_is_training_output, overwrite=overwrite or resume is not None,
+                            what="training output", flag="--output-dir",
+                            how_to_replace="pass --resume auto to continue it or --overwrite to start afresh")
+    if is_main and path.is_dir():
+        for name in recover_stale_in(path, is_training_name):
+            print(f"cleaned {path / name}, left by a run killed while saving", file=sys.stderr)
+        if overwrite:
+            clear_outputs(path, is_training_name)
+    return Path(output_dir)

@@ -1,15 +1,18 @@
 """Console entry points. Each `*_main(argv)` parses flags, then hands plain values to the library.
 
-User mistakes (`ValueError`, `FileNotFoundError`) end with one `error:` line and exit code 2,
-never a traceback; argparse uses the same code for bad flags.
+Every failure ends with one `error:` line, never a traceback: bad input, a refused output and a
+failing disk (permission, read-only, full, damaged file) exit 2, as argparse does for bad flags;
+anything else is a bug in chatbot and exits 1, its traceback shown with --debug.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
+import traceback
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -17,18 +20,49 @@ from pathlib import Path
 from chatbot.options import SamplingOptions, check_options
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EACCES: "check its permissions, or use another path",
+    errno.EPERM: "check its permissions, or use another path",
+    errno.EROFS: "that file system is read-only: use another path",
+    errno.EBUSY: "another process is using it: try again when it is done",
+}
 
 
-def run_command(fn: Callable[[], int | None]) -> int:
-    """Run a command body, turning user errors into a message and exit code 2."""
+def run_command(fn: Callable[[], int | None], debug: bool = False) -> int:
+    """Run a command body, turning every failure into one `error:` line and an exit code."""
     try:
         return fn() or 0
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError, ... are OSErrors
+        failure, code = e, EXIT_USAGE
+        message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+    except Exception as e:  # noqa: BLE001 - the one place a bug becomes a message instead of a traceback
+        failure, code = e, EXIT_BUG
+        message = (f"internal error ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
+                   "This is a bug in chatbot: re-run with --debug for the traceback and report it")
+    if debug:
+        traceback.print_exception(failure)
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def describe_os_error(e: OSError) -> str:
+    """`PATH: cause (what to do)`: an OSError from the system, said for a user."""
+    if e.errno is None or e.strerror is None:  # raised by us with a full message
+        return str(e)
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 else e.filename
+    text = f"{where}: {e.strerror}" if where else e.strerror
+    hint = _OS_HINTS.get(e.errno)
+    return f"{text} ({hint})" if hint else text
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
 
 
 def positive_int(text: str) -> int:
@@ -73,18 +107,24 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="encoding processes (default 1: the Rust tokenizer already uses every core)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable records instead of stopping")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output when it holds a previous chatbot-preprocess output (never anything else)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.max_len < 4:
         parser.error(f"argument --max-len: must be >= 4 to hold [CLS] a [SEP] b [SEP], got {args.max_len}")
 
     def body() -> None:
+        from chatbot.fileio import check_output_dir
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
         from chatbot.modeling import load_model_tokenizer
-        from chatbot.preprocess import preprocess
+        from chatbot.preprocess import is_encoded_dataset, preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
 
+        check_output_dir(args.output, is_ours=is_encoded_dataset, overwrite=args.overwrite,
+                         what="chatbot-preprocess output", flag="--output")
         layout = CHITCHAT
         if args.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(args.corpus, args.vocab_out, args.min_freq, args.format, args.split))
@@ -98,7 +138,7 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print_preprocess_summary(meta, args.output)
 
-    return run_command(body)
+    return run_command(body, args.debug)
 
 
 def _build_vocab(corpora, output, min_freq, format, split) -> str:
@@ -140,9 +180,11 @@ def train_main(argv: list[str] | None = None) -> int:
         "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained folder). "
         "With no arguments: configs/tiny.json on data/train.txt into model/. "
         "Several GPUs: torchrun --nproc_per_node N --no-python chatbot-train ...")
-    args = parser.parse_args(argv)
+    add_debug_flag(parser)
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug")
     try:
-        cfg = TrainConfig(**vars(args))
+        cfg = TrainConfig(**args)
     except ValueError as e:  # checked before any work starts, reported like argparse's own errors
         parser.error(str(e))
 
@@ -152,7 +194,7 @@ def train_main(argv: list[str] | None = None) -> int:
         _quiet_transformers()
         return train(cfg).exit_code
 
-    return run_command(body)
+    return run_command(body, debug)
 
 
 def _quiet_transformers() -> None:
@@ -227,6 +269,7 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--no-transcript", action="store_true", help="do not save a transcript on exit")
     add("--history-file", metavar="FILE", default=str(Path.home() / ".chatbot_history"),
         help="keeps the lines you type, for Up-arrow recall across sessions (default: %(default)s)")
+    add_debug_flag(p)
     return p
 
 
@@ -238,7 +281,7 @@ def chat_main(argv: list[str] | None = None) -> int:
         parser.error(f"--min-len ({args.min_new_tokens}) must be <= --max-len ({args.max_new_tokens})")
     if args.num_candidates > 1 and args.mmi_model is None:
         parser.error(f"--candidates {args.num_candidates} needs --mmi-model DIR to choose between candidates")
-    return run_command(lambda: _chat(args))
+    return run_command(lambda: _chat(args), args.debug)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -331,8 +374,10 @@ def eval_parser() -> argparse.ArgumentParser:
     add("--max-history", metavar="N", type=positive_int, default=3, help="turns the model sees (default: 3)")
     add("--examples", metavar="N", type=int, default=3, help="side-by-side samples to print (default: 3)")
     add("--output", metavar="FILE", help="write the full report (metrics and every sample) as JSON")
+    add("--overwrite", action="store_true", help="replace --output when it holds a previous chatbot-eval report")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add("--quiet", action="store_true", help="no progress bars, table or samples")
+    add_debug_flag(p)
     return p
 
 
@@ -343,9 +388,13 @@ def eval_main(argv: list[str] | None = None) -> int:
     def body() -> None:
         import json
 
-        from chatbot.evaluate import evaluate_model
+        from chatbot.evaluate import evaluate_model, is_eval_report
+        from chatbot.fileio import atomic_write_text, check_output_file
         from chatbot.reports import print_eval_report
 
+        if args.output:  # checked now: a bad path must not cost a whole evaluation
+            check_output_file(args.output, is_ours=is_eval_report, overwrite=args.overwrite,
+                              what="chatbot-eval report", flag="--output")
         _quiet_transformers()
         sampling = {k: v for k in ("temperature", "top_p", "top_k", "max_new_tokens")
                     if (v := getattr(args, k)) is not None}
@@ -354,12 +403,12 @@ def eval_main(argv: list[str] | None = None) -> int:
                                 num_samples=args.num_samples, seed=args.seed, sampling=sampling,
                                 greedy=args.greedy, max_history=args.max_history, device=args.device,
                                 generate=not args.no_generate, progress=not args.quiet)
-        if args.output:
-            Path(args.output).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-        if not args.quiet:
+        if not args.quiet:  # shown first: a disk failing at the write still leaves the results on screen
             print_eval_report(report, args.examples)
+        if args.output:
+            atomic_write_text(args.output, json.dumps(report, ensure_ascii=False, indent=2))
 
-    return run_command(body)
+    return run_command(body, args.debug)
 
 
 def _port(text: str) -> int:
@@ -399,6 +448,7 @@ def serve_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(p)
     add("--max-history", metavar="N", type=positive_int, default=3,
         help="turns the model sees, the new message included (default: %(default)s)")
+    add_debug_flag(p)
     return p
 
 
@@ -410,7 +460,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.min_new_tokens > args.max_new_tokens:
         parser.error(f"--min-len ({args.min_new_tokens}) must be <= --max-len ({args.max_new_tokens})")
-    return run_command(lambda: _serve(args, args.api_key or os.environ.get("CHATBOT_API_KEY") or None))
+    return run_command(lambda: _serve(args, args.api_key or os.environ.get("CHATBOT_API_KEY") or None), args.debug)
 
 
 def _serve(args: argparse.Namespace, api_key: str | None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +70,10 @@ class TrainConfig:
     save_steps: int = opt(0, "also save a checkpoint every N optimizer steps (0: once per epoch)")
     save_total_limit: int = opt(2, "keep only the newest N checkpoint-* folders (0: keep all)")
     log_steps: int = opt(10, "write metrics every N optimizer steps")
-    resume: str | None = opt(None, "'auto' (newest checkpoint in --output-dir) or a checkpoint folder",
+    resume: str | None = opt(None, "'auto' (newest readable checkpoint in --output-dir) or a checkpoint folder",
                              metavar="auto|PATH")
+    overwrite: bool = opt(False, "start afresh in an --output-dir holding a previous run, deleting that run's "
+                                 "checkpoints, best/, final/ and metrics (nothing else in it is touched)")
     eval_generate: int = opt(0, "after training, generate replies for N validation dialogues and log BLEU/Distinct")
     quiet: bool = opt(False, "no progress bar or tables")
 
@@ -78,11 +81,12 @@ class TrainConfig:
         checks = [
             ("epochs", self.epochs >= 1, ">= 1"), ("max_steps", self.max_steps >= 0, ">= 0"),
             ("batch_size", self.batch_size >= 1, ">= 1"), ("grad_accum", self.grad_accum >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
+            ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0 and finite"),
             ("warmup_steps", self.warmup_steps is None or self.warmup_steps >= 0, ">= 0"),
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
             ("valid_ratio", 0 <= self.valid_ratio < 1, "in [0, 1)"),
-            ("max_grad_norm", self.max_grad_norm >= 0, ">= 0"),
+            ("max_grad_norm", 0 <= self.max_grad_norm < math.inf, ">= 0 and finite"),
             ("max_len", self.max_len is None or self.max_len >= 4, ">= 4"),
             ("eval_steps", self.eval_steps >= 0, ">= 0"), ("save_steps", self.save_steps >= 0, ">= 0"),
             ("patience", self.patience >= 0, ">= 0"), ("save_total_limit", self.save_total_limit >= 0, ">= 0"),
@@ -95,6 +99,8 @@ class TrainConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(self, name)!r}")
+        if self.overwrite and self.resume:
+            raise ValueError("give either --overwrite (start afresh) or --resume (continue), not both")
         if self.valid and self.valid_ratio:
             raise ValueError("give either --valid or --valid-ratio, not both")
         if self.format == "text" and self.loss_on != "all":

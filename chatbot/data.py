@@ -26,7 +26,7 @@ from chatbot.layout import (  # noqa: F401
     speaker_token_ids,
     turn_index,
 )
-from chatbot.preprocess import FORMAT_VERSION, cache_key, is_fresh, preprocess
+from chatbot.preprocess import FORMAT_VERSION, cache_key, is_encoded_dataset, is_fresh, preprocess
 from chatbot.tokenization import vocab_fingerprint
 
 
@@ -40,7 +40,10 @@ class TokenDataset(Dataset):
             raise FileNotFoundError(f"{folder} is not an encoded dataset: missing {', '.join(missing)} "
                                     "(make one with chatbot-preprocess)")
         self.folder = folder
-        self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        try:
+            self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{folder / 'meta.json'} is damaged ({e}); run chatbot-preprocess again") from None
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder} was written by another chatbot version (format "
                              f"{self.meta.get('format_version')}, expected {FORMAT_VERSION}); run chatbot-preprocess again")
@@ -81,13 +84,18 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
         raise FileNotFoundError(f"corpus not found: {path}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache_dir / cache_key(path, format=format, split=split)
-    meta_file = folder / "meta.json"
-    if meta_file.is_file() and is_fresh(json.loads(meta_file.read_text(encoding="utf-8")), [path], tokenizer, max_len):
+    # A cache entry with a damaged meta.json is not ours to trust: it is rebuilt.
+    if is_encoded_dataset(folder) and is_fresh(json.loads((folder / "meta.json").read_text(encoding="utf-8")),
+                                               [path], tokenizer, max_len):
         return TokenDataset(folder)
     if progress:
         print(f"encoding {path} into {folder}", file=sys.stderr)
-    preprocess([path], folder, tokenizer, max_len=max_len, format=format, split=split,
-               skip_bad=skip_bad, workers=workers, progress=progress)
+    try:
+        preprocess([path], folder, tokenizer, max_len=max_len, format=format, split=split,
+                   skip_bad=skip_bad, workers=workers, progress=progress)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror} (writing the cache of encoded corpora; set CHATBOT_CACHE "
+                               "to a writable folder)", e.filename) from e
     return TokenDataset(folder)
 
 

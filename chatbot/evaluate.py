@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,6 +91,18 @@ def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, see
     if not samples:
         raise ValueError("no example has two turns to evaluate a reply on (is this --format text?)")
     return reply_metrics([s["generated"] for s in samples], [s["reference"] for s in samples]), samples
+
+
+REPORT_KEYS = ("model", "data", "examples", "loss_on", "perplexity", "generation", "samples")
+
+
+def is_eval_report(path: Path) -> bool:
+    """True for a JSON file `chatbot-eval --output` wrote (so --overwrite may replace it)."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and all(k in report for k in REPORT_KEYS)
 
 
 def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,

@@ -12,10 +12,12 @@ CDial-GPT's LCCC models (OpenAI GPT, in their own dialogue layout), from a folde
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel, OpenAIGPTLMHeadModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -47,18 +49,39 @@ def load_gpt2_config(path: str | Path, tokenizer: BertTokenizerFast) -> GPT2Conf
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path} (see configs/ for examples)")
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a valid JSON model config: {e}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"{path} must hold a JSON object of GPT2Config fields, got {type(fields).__name__}")
+    fields = read_json_object(path, "model config", "of GPT2Config fields")
     fields = {k: v for k, v in fields.items() if not k.startswith("_")}  # "_comment" keys document the file
     fields.update(vocab_size=len(tokenizer), **special_ids(tokenizer))
-    config = GPT2Config(**fields)
-    if config.n_embd % config.n_head:
-        raise ValueError(f"{path}: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+    try:
+        config = GPT2Config(**fields)
+    except Exception as e:  # noqa: BLE001 - transformers 5 raises its own StrictDataclassFieldValidationError
+        raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
+    check_gpt2_config(config, path)
     return config
+
+
+_POSITIVE_INTS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+_PROBABILITIES = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def check_gpt2_config(config: GPT2Config, where: str | Path) -> None:
+    """Check the fields a model is built from, so that a bad value is named, not a crash deep in torch.
+
+    Raises:
+        ValueError: naming the file, the field, its value and what is allowed.
+    """
+    for name in _POSITIVE_INTS:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    if config.n_inner is not None and (not isinstance(config.n_inner, int) or config.n_inner < 1):
+        raise ValueError(f"{where}: n_inner must be a positive integer or null, got {config.n_inner!r}")
+    for name in _PROBABILITIES:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{where}: {name} must be a number in [0, 1], got {value!r}")
+    if config.n_embd % config.n_head:
+        raise ValueError(f"{where}: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
 
 
 def special_ids(tokenizer: BertTokenizerFast) -> dict[str, int]:
@@ -165,12 +188,16 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
 
     Raises:
         FileNotFoundError: if the folder is incomplete or the Hub id cannot be had.
-        ValueError: for an unsupported model_type, weights of another architecture, or a
-            tokenizer larger than the model's embedding.
+        ValueError: for an unsupported model_type, weights of another architecture, a damaged
+            file (named), weights that are NaN or inf, or a tokenizer larger than the model's embedding.
     """
     path = resolve_model_dir(source)
     kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
     model = _load_weights(path, kind, dtype, where=str(source))
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the run that "
+                         "wrote it diverged. Use an earlier checkpoint-N or best/ folder.")
     if resize_embeddings and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     check_vocab_fits(model, tokenizer, where=str(source))
@@ -192,14 +219,9 @@ def load_model_tokenizer(source: str | Path) -> tuple[BertTokenizerFast, str]:
 
 def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, dict]:
     """(model_type, tokenizer as the model reads text, training_args or {}) of a checked folder."""
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path / 'config.json'} is not valid JSON ({e}); the folder is damaged") from None
-    kind = model_type(config, where)
+    kind = model_type(read_json_object(path / "config.json", "model config", "of model fields"), where)
     tokenizer = load_tokenizer(path)
-    args_file = path / TRAINING_ARGS
-    training_args = json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {}
+    training_args = read_training_args(path)
     if dialogue_layout(kind, tokenizer, training_args) == CDIAL:
         split_characters(tokenizer)
     return kind, tokenizer, training_args
@@ -208,15 +230,57 @@ def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, 
 def _load_weights(path: Path, kind: str, dtype: torch.dtype | None, *, where: str) -> PreTrainedModel:
     # GPT-2 runs on PyTorch's fused attention; OpenAI GPT only has its own.
     extra = {"attn_implementation": "sdpa"} if kind == "gpt2" else {}
+    model_class = MODEL_CLASSES[kind]
     try:
-        model, info = MODEL_CLASSES[kind].from_pretrained(str(path), dtype=dtype, output_loading_info=True, **extra)
-    except RuntimeError as e:  # tensors of the wrong shapes
-        raise ValueError(f"{where}: its weights do not fit a {kind} model ({str(e).splitlines()[0]})") from None
+        config = model_class.config_class.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - a wrong type raises transformers' StrictDataclassFieldValidationError
+        raise ValueError(f"{path / 'config.json'} is not a valid {kind} config ({' '.join(str(e).split())})") from None
+    if kind == "gpt2":
+        check_gpt2_config(config, path / "config.json")
+    try:
+        model, info = model_class.from_pretrained(str(path), config=config, dtype=dtype, output_loading_info=True,
+                                                  **extra)
+    except (RuntimeError, OSError, EOFError, SafetensorError, pickle.UnpicklingError) as e:
+        if isinstance(e, RuntimeError) and "size mismatch" in str(e):  # tensors of the wrong shapes
+            raise ValueError(f"{where}: its weights do not fit a {kind} model ({first_line(e)})") from None
+        weights = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), path)
+        raise ValueError(f"{weights} could not be read ({first_line(e)}); it may be truncated or damaged: "
+                         "copy it again, or use another checkpoint") from None
     missing = info["missing_keys"]
     if missing:  # transformers would start them random: chatting would print noise
         raise ValueError(f"{where}: its weights do not fit a {kind} model ({len(missing)} tensors missing, e.g. "
                          f"{sorted(missing)[0]}); is config.json's model_type right for these weights?")
     return model
+
+
+def read_training_args(path: Path) -> dict:
+    """training_args.json of a model folder, or {} for folders not written by chatbot-train."""
+    file = path / TRAINING_ARGS
+    return read_json_object(file, "training arguments file", "of training options") if file.is_file() else {}
+
+
+def read_json_object(path: Path, what: str, holding: str) -> dict:
+    """A JSON object read from `path`; a damaged file is named with the parser's reason.
+
+    Raises:
+        ValueError: if the file is not UTF-8 JSON or holds something other than an object.
+    """
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a valid JSON {what}: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} must hold a JSON object {holding}, got {type(fields).__name__}")
+    return fields
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters holding NaN or inf (a diverged run)."""
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
+def first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def dialogue_layout(kind: str, tokenizer: BertTokenizerFast, training_args: dict) -> str:

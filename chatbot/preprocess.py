@@ -35,6 +35,7 @@ from chatbot.layout import join_turns, split_at
 from chatbot.tokenization import encode_texts, vocab_fingerprint
 
 FORMAT_VERSION = 1
+DATASET_FILES = ("tokens.bin", "offsets.npy", "meta.json")
 CHUNK = 2048  # dialogues per tokenizer call: large enough to keep the Rust side busy
 
 
@@ -140,13 +141,15 @@ def preprocess(corpora: list[str | Path], output: str | Path, tokenizer: BertTok
     """Encode `corpora` into the folder `output` and return its metadata.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted
-    run never leaves something that looks finished.
+    run never leaves something that looks finished. An existing `output` is replaced only if it
+    is a previous encoded dataset (see `chatbot.fileio`).
 
     Raises:
         FileNotFoundError / CorpusError: from the readers.
-        ValueError: if no usable dialogue remains.
+        ValueError: if no usable dialogue remains, or `output` is not ours to replace.
+        OSError: if the disk refuses a write (naming `output`).
     """
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, is_ours=is_encoded_dataset) as tmp:
         return _encode_into(tmp, corpora, tokenizer, max_len=max_len, format=format, split=split,
                             skip_bad=skip_bad, workers=workers, progress=progress)
 
@@ -163,7 +166,7 @@ def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, sk
     bar = tqdm(desc="encoding", unit=" dialogues", disable=not progress, smoothing=0.1)
     with open(folder / "tokens.bin", "wb") as out:
         for n_dialogues, (ids, lens, stats) in _encode_chunks(encoder, _chunks(dialogues, CHUNK), workers):
-            np.asarray(ids, dtype=dtype).tofile(out)
+            out.write(np.asarray(ids, dtype=dtype).data)  # not tofile: its errors lose the errno (disk full)
             lengths += lens
             _merge(total, stats)
             bar.update(n_dialogues)
@@ -245,6 +248,16 @@ def _merge_read(parts: list[CorpusStats]) -> CorpusStats:
         out.cut_turns += p.cut_turns
         out.skipped.update(p.skipped)
     return out
+
+
+def is_encoded_dataset(folder: Path) -> bool:
+    """True for a folder `preprocess` wrote (its meta.json names a format version), holding nothing else."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return isinstance(meta, dict) and "format_version" in meta and names <= set(DATASET_FILES)
 
 
 def cache_key(corpus: str | Path, *, format: str, split: str | None) -> str:

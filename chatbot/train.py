@@ -21,7 +21,10 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from chatbot.checkpoint import (
+    check_finite_loss,
+    check_finite_weights,
     load_state,
+    prepare_output_dir,
     publish_model,
     resolve_resume,
     restore_rng_states,
@@ -46,7 +49,7 @@ from chatbot.distributed import (
 )
 from chatbot.evaluate import evaluate_loss
 from chatbot.layout import CHITCHAT, EXTRA_TOKENS
-from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model
+from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
 from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
@@ -162,8 +165,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResult:
-    output_dir = Path(cfg.output_dir)
-    resume_dir = resolve_resume(cfg.resume, output_dir)
+    output_dir = prepare_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=info.is_main)
+    resume_dir = resolve_resume(cfg.resume, output_dir, quiet=not info.is_main)
     _seed_everything(cfg.seed + info.rank)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, tokenizer, source, layout = setup_model(cfg, resume_dir)
@@ -241,6 +244,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
         if saved_at["step"] == path_step:
             return None
         saved_at["step"] = path_step
+        check_finite_weights(raw_model, f"checkpoint-{path_step}", output_dir)  # on every rank: all stop together
         ckpt_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                       "scaler": scaler.state_dict(), "progress": dict(state), "rng": _gather_rng(info)}
         if not info.is_main:
@@ -253,6 +257,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
         saved_at["eval"] = state["step"]
         metrics = evaluate_loss(raw_model, valid_set, collate, batch_size=cfg.batch_size, device=device,
                                 autocast_dtype=autocast_dtype, rank=info.rank, world_size=info.world_size)
+        check_finite_loss(metrics["loss"], state["step"], state["step"], output_dir)
         log.write({"step": state["step"], "epoch": state["epoch"], "valid_loss": metrics["loss"],
                    "valid_ppl": metrics["ppl"]})
         if state["best_loss"] is None or metrics["loss"] < state["best_loss"]:
@@ -310,6 +315,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
                     elapsed = time.perf_counter() - window_start
                     row = {"step": state["step"], "epoch": state["epoch"], "loss": loss_sum / max(labels, 1),
                            "lr": scheduler.get_last_lr()[0], "tokens": int(tokens), "tokens_per_s": tokens / elapsed}
+                    check_finite_loss(row["loss"], state["step"],
+                                      (state["step"] - 1) // cfg.log_steps * cfg.log_steps + 1, output_dir)
                     log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,.0f}")
                     for counter in (window_loss, window_labels, window_tokens):
@@ -398,7 +405,7 @@ def _gather_rng(info: DistInfo) -> list[dict]:
 
 
 def _warn_changed_args(resume_dir: Path, current: dict, info: DistInfo) -> None:
-    saved = json.loads((resume_dir / "training_args.json").read_text(encoding="utf-8"))
+    saved = read_training_args(resume_dir)
     keys = ("train", "batch_size", "grad_accum", "seed", "max_len", "loss_on", "reverse", "speaker_ids", "lr")
     changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
     if changed and info.is_main:
