@@ -33,6 +33,15 @@ CDIAL_HEAD = (CLS, PAD, SEP, UNK)  # the first lines of CDial-GPT's vocab.txt, i
 EXTRA_TOKENS = {CHITCHAT: 0, CDIAL: 1}  # tokens a layout adds to a dialogue stored as CHITCHAT
 
 
+def chat_template(max_history: int = 3) -> str:
+    """The CHITCHAT layout as a Jinja chat template, for tools that read a model folder's
+    `chat_template.jinja` (`tokenizer.apply_chat_template`, vLLM's OpenAI server): system and
+    developer messages dropped, the newest `max_history` turns kept (ChatBot's default),
+    `[CLS] t1 [SEP] … tn [SEP]`, after which the reply comes."""
+    return ("{%- set turns = messages | rejectattr('role', 'in', ['system', 'developer']) | list -%}"
+            f"{CLS}{{% for m in turns[-{max_history}:] %}}{{{{ m['content'] }}}}{SEP}{{% endfor %}}")
+
+
 def join_turns(turns: list[list[int]], *, cls_id: int, sep_id: int) -> list[int]:
     """`[CLS] t1 [SEP] t2 [SEP] …`: the ids of `turns` in the training layout."""
     ids = [cls_id]

@@ -21,7 +21,8 @@ from safetensors import SafetensorError
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel, OpenAIGPTLMHeadModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, speaker_token_ids
+from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, chat_template, speaker_token_ids
+from chatbot.options import SamplingOptions
 from chatbot.tokenization import load_tokenizer, split_characters
 
 # transformers' own bars ("Loading weights", "Writing model shards") would interleave with ours
@@ -140,19 +141,18 @@ def _download(repo_id: str) -> Path:
             snapshot_download(repo_id, allow_patterns=["pytorch_model.bin"])
         return folder
     except errors.GatedRepoError:
-        reason = "the Hugging Face Hub model is gated: accept its terms on huggingface.co, then `hf auth login`"
+        reason = "it is gated on the Hub: accept its terms on huggingface.co, then `hf auth login`"
     except errors.RepositoryNotFoundError:
-        reason = "the Hugging Face Hub has no such model (check the id; a private one needs `hf auth login`)"
+        reason = "the Hub has no such model (check the id; a private one needs `hf auth login`)"
     except errors.LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            reason = ("the Hugging Face Hub is offline (HF_HUB_OFFLINE=1) with no cached copy; "
-                      "unset HF_HUB_OFFLINE to download it, or pass a local folder")
+            reason = "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache (unset HF_HUB_OFFLINE)"
         else:
-            reason = ("the Hugging Face Hub cannot be reached and there is no cached copy; "
-                      "check the network, or pass a local folder")
+            reason = "the Hub cannot be reached and it is not in the local cache (check the network)"
     except OSError as e:  # e.g. the cache folder is not writable or the disk is full
-        reason = f"fetching it from the Hugging Face Hub failed: {str(e).splitlines()[0]}"
-    raise FileNotFoundError(f"{repo_id}: not a local folder, and {reason}")
+        reason = f"fetching it from the Hub failed: {' '.join(str(e).split())}"
+    # `org/name` may be either a folder path or a Hub id (model/final is both): say what each gave.
+    raise FileNotFoundError(f"model folder not found: {repo_id}; as a Hugging Face Hub id, {reason}. {_MODEL_HINT}")
 
 
 def model_type(config: dict, where: str | Path) -> str:
@@ -336,4 +336,20 @@ def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenize
     vocab = tokenizer.get_vocab()
     (path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
     (path / TRAINING_ARGS).write_text(json.dumps(training_args, ensure_ascii=False, indent=2), encoding="utf-8")
+    if dialogue_layout(model.config.model_type, tokenizer, training_args) == CHITCHAT and \
+            not training_args.get("speaker_ids"):
+        _write_serving_defaults(path)
     return path
+
+
+def _write_serving_defaults(path: Path) -> None:
+    """A chat template and default sampling options, so that engines serving the folder as it is
+    (vLLM's OpenAI server) lay conversations out as training did and sample as chatbot-chat does."""
+    from transformers import GenerationConfig
+
+    (path / "chat_template.jinja").write_text(chat_template(), encoding="utf-8")
+    options = SamplingOptions()
+    generation = GenerationConfig.from_pretrained(str(path))
+    generation.update(do_sample=True, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                      repetition_penalty=options.repetition_penalty, max_new_tokens=options.max_new_tokens)
+    generation.save_pretrained(str(path))

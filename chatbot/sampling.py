@@ -7,13 +7,13 @@ and the allowed range.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from chatbot.openai_gpt import OpenAIGPTCache
 from chatbot.options import check_options
 
 
@@ -174,25 +174,24 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
 def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor | None, reply_type_id: int | None,
              n: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
     """A function from the tokens generated so far, (N, step) or None before the first, to the
-    (N, V) logits of the next token of each of the N candidates."""
-    reply_types = None if reply_type_id is None else torch.full((n, 1), reply_type_id, device=context.device)
-    if "past_key_values" not in inspect.signature(model.forward).parameters:
-        # No KV cache (OpenAI GPT, CDial-GPT's LCCC models): re-read the whole sequence each
-        # step, as CDial-GPT's interact.py does.
-        def full(generated: torch.Tensor | None) -> torch.Tensor:
-            ids = context.expand(n, -1) if generated is None else torch.cat([context.expand(n, -1), generated], 1)
-            tt = None if types is None else torch.cat([types.expand(n, -1), reply_types.expand(-1, ids.size(1) - types.size(1))], 1)
-            return model(input_ids=ids, token_type_ids=tt, logits_to_keep=1).logits[:, -1]
-        return full
-    cache = DynamicCache(config=model.config)
+    (N, V) logits of the next token of each of the N candidates, feeding the model only new tokens."""
+    if model.config.model_type == "openai-gpt":  # CDial-GPT: transformers gives it no KV cache
+        gpt_cache = OpenAIGPTCache(model)
+        forward, repeat = gpt_cache.next_logits, gpt_cache.repeat
+    else:
+        cache = DynamicCache(config=model.config)
+        repeat = cache.batch_repeat_interleave
 
-    def cached(generated: torch.Tensor | None) -> torch.Tensor:
+        def forward(ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+            return model(input_ids=ids, token_type_ids=token_type_ids, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1).logits[:, -1]
+    reply_types = None if reply_type_id is None else torch.full((n, 1), reply_type_id, device=context.device)
+
+    def step(generated: torch.Tensor | None) -> torch.Tensor:
         if generated is None:
             # Prefill once with batch 1, then copy the cache per candidate: cheaper than N prefills.
-            logits = model(input_ids=context, token_type_ids=types, past_key_values=cache, use_cache=True,
-                           logits_to_keep=1).logits[:, -1]  # (1, V)
-            cache.batch_repeat_interleave(n)
+            logits = forward(context, types)  # (1, V)
+            repeat(n)
             return logits.expand(n, -1)
-        return model(input_ids=generated[:, -1:], token_type_ids=reply_types, past_key_values=cache,
-                     use_cache=True).logits[:, -1]
-    return cached
+        return forward(generated[:, -1:], reply_types)
+    return step

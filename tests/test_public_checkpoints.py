@@ -64,21 +64,35 @@ def test_a_cdial_folder_loads_as_openai_gpt_with_its_weights(cdial_dir):
 def test_chatting_with_a_cdial_folder_uses_its_layout(cdial_dir):
     bot = ChatBot.from_pretrained(cdial_dir, device="cpu", temperature=0, max_new_tokens=4, min_new_tokens=4)
     seen = []
-    bot._forward.model.register_forward_pre_hook(
-        lambda m, args, kw: seen.append((kw["input_ids"][0].tolist(), kw["token_type_ids"][0].tolist())),
-        with_kwargs=True)
+    bot._forward.model.transformer.tokens_embed.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0][0].tolist()))
     bot.reply("你好", history=["谢谢", "很好"])
     # [CLS] [speaker1] 谢谢 [speaker2] 很好 [speaker1] 你好 [speaker2]: the reply is speaker 2's turn.
     context = [CLS, SPK1, 9, 9, SPK2, 8, 5, SPK1, 4, 5, SPK2]
     types = [CLS, SPK1, SPK1, SPK1, SPK2, SPK2, SPK2, SPK1, SPK1, SPK1, SPK2]
-    assert seen[0] == (context, types)
-    # No KV cache in OpenAI GPT: every step re-reads the whole sequence, the reply typed [speaker2].
-    assert [len(ids) for ids, _ in seen] == [11, 12, 13, 14]
-    assert all(t[11:] == [SPK2] * (len(t) - 11) for _, t in seen)
+    # The embedding reads the ids, then the token types; then one new token per step (KV cache).
+    assert seen[:2] == [context, types]
+    assert [len(ids) for ids in seen[2:]] == [1, 1] * 3 and all(t == [SPK2] for t in seen[3::2])
+
+
+def test_the_openai_gpt_kv_cache_gives_the_models_own_logits(cdial_dir):
+    from chatbot.openai_gpt import OpenAIGPTCache
+
+    model = load_model(cdial_dir)[0]
+    ids = torch.tensor([[CLS, SPK1, 4, 5, 6, SPK2, 7, 8, 9]])
+    types = torch.tensor([[CLS, SPK1, SPK1, SPK1, SPK1, SPK2, SPK2, SPK2, SPK2]])
+    cache = OpenAIGPTCache(model)
+    steps = [cache.next_logits(ids[:, :6], types[:, :6])] + [cache.next_logits(ids[:, t:t + 1], types[:, t:t + 1])
+                                                             for t in range(6, 9)]
+    with torch.inference_mode():
+        full = model(input_ids=ids, token_type_ids=types).logits[0]
+    for t, logits in zip(range(5, 9), steps):
+        torch.testing.assert_close(logits[0], full[t], rtol=1e-4, atol=1e-4)
 
 
 def test_greedy_cdial_reply_matches_a_step_by_step_argmax(cdial_dir):
-    bot = ChatBot.from_pretrained(cdial_dir, device="cpu", temperature=0, min_new_tokens=0, max_new_tokens=6)
+    bot = ChatBot.from_pretrained(cdial_dir, device="cpu", temperature=0, min_new_tokens=0, max_new_tokens=6,
+                                  no_repeat_ngram_size=0)  # plain argmax, as the loop below
     model = bot._forward.model
     ids = [CLS, SPK1, 4, 5]
     ids, types = ids + [SPK2], [CLS, SPK1, SPK1, SPK1, SPK2]
@@ -145,8 +159,8 @@ def test_an_unreachable_hub_id_is_one_line(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: nobody-here/no-such-model: not a local folder, and the Hugging Face Hub is offline "
-                          "(HF_HUB_OFFLINE=1) with no cached copy")
+    assert err.startswith("error: model folder not found: nobody-here/no-such-model; as a Hugging Face Hub id, "
+                          "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache")
 
 
 def test_a_missing_local_path_keeps_the_folder_message(tmp_path):

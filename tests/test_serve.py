@@ -178,6 +178,17 @@ def test_a_client_hanging_up_mid_stream_frees_its_slot_at_once(slow):
     assert after.get("length", 0) == before.get("length", 0)
 
 
+def test_a_client_hanging_up_before_a_whole_reply_frees_its_slot(slow):
+    url, _ = slow
+    before = httpx.get(f"{url}/health").json()["finished"]
+    with pytest.raises(httpx.ReadTimeout):  # the reply needs 2 s; the client leaves after 0.3
+        httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "你好"}]},
+                   timeout=httpx.Timeout(5, read=0.3))
+    wait_for(lambda: httpx.get(f"{url}/health").json()["running"] == 0, "the abandoned request to leave")
+    after = httpx.get(f"{url}/health").json()["finished"]
+    assert after.get("cancelled", 0) == before.get("cancelled", 0) + 1
+
+
 def test_429_when_the_queue_is_full_and_served_again_after(slow):
     url, client = slow
     holding = [ask(client, stream=True) for _ in range(2)]
@@ -219,3 +230,19 @@ def test_cli_help_and_bad_flags(capsys):
 def test_cli_names_a_missing_model_folder(tmp_path, capsys):
     assert serve_main(["--model", str(tmp_path / "none")]) == 2
     assert "model folder not found" in capsys.readouterr().err
+
+
+def test_model_folder_lays_out_chats_for_other_engines_as_chatbot_does(tiny_model_dir):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from chatbot.bot import ChatBot
+    from chatbot.options import SamplingOptions
+
+    messages = [*HISTORY, {"role": "user", "content": "在吗"}, {"role": "assistant", "content": "我很好"},
+                {"role": "user", "content": "今天天气"}]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # what vLLM loads
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
+    bot = ChatBot.from_pretrained(tiny_model_dir, "cpu")
+    assert ids == bot.prompt("今天天气", ["你好", "你好吗", "在吗", "我很好"], max_new_tokens=8).input_ids
+    generation = GenerationConfig.from_pretrained(tiny_model_dir)
+    assert (generation.eos_token_id, generation.top_k) == (tokenizer.sep_token_id, SamplingOptions().top_k)

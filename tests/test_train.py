@@ -56,8 +56,8 @@ def test_train_writes_checkpoints_best_and_final(corpus, model_config, vocab_fil
     out = tmp_path / "out"
     assert result.exit_code == 0 and result.steps == 8  # 16 train examples / batch 4 x 2 epochs
     assert sorted(p.name for p in out.iterdir()) == ["best", "checkpoint-8", "final", "metrics.jsonl"]
-    model_files = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                   "tokenizer_config.json", "training_args.json", "vocab.txt"]
+    model_files = ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+                   "tokenizer.json", "tokenizer_config.json", "training_args.json", "vocab.txt"]
     assert sorted(os.listdir(out / "final")) == model_files
     assert sorted(os.listdir(out / "checkpoint-8")) == sorted(model_files + ["trainer_state.pt"])
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values()) and len(losses(out)) == 8
