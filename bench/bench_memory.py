@@ -2,7 +2,7 @@
 """Peak memory of `chatbot-preprocess` on awkward corpora (issue 8, "Bounded memory").
 
 Each case runs `chatbot-preprocess CORPUS -o DIR --quiet` in a fresh process and reads that
-process's peak RSS (ru_maxrss). The cases, on seeded synthetic dialogues (bench/synth_corpus.py):
+process's peak RSS (VmHWM). The cases, on seeded synthetic dialogues (bench/synth_corpus.py):
   txt          N dialogues in GPT2-chitchat's txt format: the baseline
   lccc         the same N dialogues as LCCC JSON ({"train": [[...], ...]}, characters space-separated)
   small        a small txt corpus (--small dialogues)
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +28,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_preprocess import PREPROCESS_CHILD, make_corpus  # noqa: E402
+from bench_preprocess import make_corpus  # noqa: E402
+
+# The child reports its own VmHWM (peak RSS of its address space). Not ru_maxrss: Linux carries the
+# parent's high-water mark across fork and exec, so every child would report at least this script's.
+CHILD = r"""
+import json, sys, time
+from chatbot.cli import preprocess_main
+t0 = time.perf_counter()
+rc = preprocess_main(sys.argv[2:])
+seconds = time.perf_counter() - t0
+with open("/proc/self/status") as f:
+    hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+json.dump({"rc": rc, "seconds": seconds, "peak_kb": hwm_kb}, open(sys.argv[1], "w"))
+sys.exit(rc)
+"""
 
 
 def txt_to_lccc(src: Path, dst: Path) -> Path:
@@ -59,16 +74,18 @@ def with_long_line(src: Path, dst: Path, megabytes: float) -> Path:
 def measure(code: Path, corpus: Path, workdir: Path, vocab: Path, name: str) -> dict:
     """Run chatbot-preprocess from checkout `code` on `corpus`; wall seconds and peak RSS MB."""
     result, log = workdir / f"{name}.json", workdir / f"{name}.log"
-    cmd = [sys.executable, "-c", PREPROCESS_CHILD, str(result), str(corpus), "-o", str(workdir / f"enc-{name}"),
+    output = workdir / f"enc-{name}-{time.time_ns()}"  # a new folder each run, removed after it
+    cmd = [sys.executable, "-c", CHILD, str(result), str(corpus), "-o", str(output),
            "--vocab", str(vocab), "--quiet"]
     t = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(code)),
                               cwd=workdir)
     wall = time.perf_counter() - t
+    shutil.rmtree(output, ignore_errors=True)
     if proc.returncode != 0:
         sys.exit(f"{name} failed (exit {proc.returncode}); see {log}:\n{log.read_text()[-2000:]}")
-    return {"wall_s": wall, "peak_mb": json.loads(result.read_text())["maxrss_kb"] / 1024}
+    return {"wall_s": wall, "peak_mb": json.loads(result.read_text())["peak_kb"] / 1024}
 
 
 def main(argv: list[str] | None = None) -> int:
