@@ -70,7 +70,8 @@ class _Model:
         if self.layout == CDIAL or training_args.get("speaker_ids"):
             self.speaker_ids = speaker_token_ids(tokenizer.get_vocab())
 
-    def context(self, turns: list[list[int]], *, cls_id: int, sep_id: int) -> tuple[list[int], list[int] | None, int | None]:
+    def context(self, turns: list[list[int]], *, cls_id: int,
+                sep_id: int) -> tuple[list[int], list[int] | None, int | None]:
         """(input ids, token_type_ids or None, the reply's token type id or None) asking for the next turn."""
         ids = join_turns(turns, cls_id=cls_id, sep_id=sep_id)
         if self.layout == CDIAL:

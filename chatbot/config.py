@@ -41,8 +41,9 @@ class TrainConfig:
     reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
     # model
     config: str = opt("configs/tiny.json", "GPT2Config JSON for a model trained from scratch")
-    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 (uer/gpt2-chinese-*) "
-                                       "or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own layout; its tokenizer is used")
+    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 "
+                                       "(uer/gpt2-chinese-*) or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own "
+                                       "layout; its tokenizer is used")
     vocab: str = opt("vocab/vocab.txt", "vocab.txt for a model trained from scratch")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",
