@@ -70,15 +70,19 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     cfg, common = parse_options(parser, argv, PreprocessConfig, CommonOptions)
 
     def body() -> None:
-        from chatbot.fileio import check_output_dir
+        from chatbot.fileio import check_output_dir, check_output_file
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
         from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import is_encoded_dataset, preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
+        from chatbot.vocab import is_vocab_file
 
         check_output_dir(cfg.output, is_ours=is_encoded_dataset, overwrite=cfg.overwrite,
                          what="chatbot-preprocess output", flag="--output")
+        if cfg.vocab_out:
+            check_output_file(cfg.vocab_out, is_ours=is_vocab_file, overwrite=cfg.overwrite,
+                              what="vocabulary", flag="--vocab-out")
         layout = CHITCHAT
         if cfg.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))

@@ -175,8 +175,8 @@ class PreprocessConfig:
     workers: int = opt(1, "encoding processes (default 1: the Rust tokenizer already uses every core)",
                        parse=positive_int)
     skip_bad: bool = opt(False, "skip unreadable records instead of stopping")
-    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-preprocess output (never "
-                                 "anything else)")
+    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-preprocess output, and "
+                                 "--vocab-out when it holds a vocabulary (never anything else)")
     quiet: bool = opt(False, "no progress bar and no summary table")
 
     def __post_init__(self):
