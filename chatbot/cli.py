@@ -167,8 +167,8 @@ def _chat(cfg: ChatConfig, options: SamplingOptions) -> int:
 
     log_dir, autosave = _transcript_plan(cfg.log_dir, cfg.transcript)  # before loading: a bad --log-dir fails at once
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
-    bot = ChatBot.from_pretrained(cfg.model, cfg.device, mmi_model=cfg.mmi_model, max_history=cfg.max_history,
-                                  **dataclasses.asdict(options))
+    bot = ChatBot.from_pretrained(cfg.model, cfg.device, dtype=cfg.dtype, mmi_model=cfg.mmi_model,
+                                  max_history=cfg.max_history, **dataclasses.asdict(options))
     session = Session(bot, model_name=str(cfg.model), log_dir=log_dir, seed=cfg.seed)
     saved = True
     try:
@@ -243,7 +243,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         report = evaluate_model(cfg.model, cfg.data, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
                                 loss_on=cfg.loss_on, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
                                 seed=cfg.seed, sampling=dataclasses.asdict(options), greedy=cfg.greedy,
-                                max_history=cfg.max_history, device=cfg.device, generate=cfg.generate,
+                                max_history=cfg.max_history, device=cfg.device, dtype=cfg.dtype,
+                                generate=cfg.generate,
                                 progress=not cfg.quiet)
         if not cfg.quiet:  # shown first: a disk failing at the write still leaves the results on screen
             print_eval_report(report, cfg.examples)

@@ -19,6 +19,7 @@ from typing import ClassVar
 from chatbot.corpus import FORMATS
 from chatbot.flags import opt, port_number, positive_int
 from chatbot.layout import LOSS_ON, SPEAKER_TOKENS
+from chatbot.options import DTYPES
 
 BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"  # the sample shipped in the repository
 REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
@@ -62,7 +63,8 @@ class TrainConfig:
     seed: int = opt(42, "random seed (each process adds its rank)")
     # hardware
     device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)", metavar="DEVICE")
-    precision: str = opt("auto", "auto (bf16, else fp16 on GPU; fp32 on CPU), fp32, bf16 or fp16",
+    precision: str = opt("auto", "auto (GPU: bf16, else fp16; CPU: bf16 where it runs bf16 natively, else fp32), "
+                                 "fp32, bf16 or fp16",
                          choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a slow first one)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
@@ -193,6 +195,8 @@ class ChatConfig:
     model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id such as "
                                     "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
+    dtype: str = opt("auto", "weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what it runs "
+                             "natively; int8 is CPU-only", choices=DTYPES)
     max_history: int = opt(3, "turns the model sees, your new message included", parse=positive_int)
     seed: int | None = opt(None, "make replies reproducible (reply i uses seed + i)")
     mmi_model: str | None = opt(None, "backward model folder or Hub id (chatbot-train --reverse) that picks the "
@@ -225,6 +229,8 @@ class EvalConfig:
     output: str | None = opt(None, "write the full report (metrics and every sample) as JSON", metavar="FILE")
     overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-eval report")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", metavar="DEVICE")
+    dtype: str = opt("fp32", "weights to score: fp32 (the model itself), or what chatbot-chat runs: auto, bf16, int8",
+                     choices=DTYPES)
     quiet: bool = opt(False, "no progress bars, table or samples")
 
 

@@ -145,13 +145,15 @@ def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, see
 def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,
              skip_bad: bool = False, loss_on: str | None = None, batch_size: int = 16,
              num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
-             greedy: bool = False, max_history: int = 3, device: str = "auto",
+             greedy: bool = False, max_history: int = 3, device: str = "auto", dtype: str = "fp32",
              generate: bool = True, progress: bool = True) -> EvalReport:
     """Perplexity and reply metrics of a model folder (or Hub id) on a corpus.
 
     Args:
         sampling: options over CDial-GPT's setting (`CDIAL_SAMPLING`) for the sampled replies.
         greedy: also generate greedily.
+        dtype: see `chatbot.precision`; fp32 (the default) scores the model itself, what chat
+            runs ("auto", "bf16", "int8") scores that.
 
     Raises:
         FileNotFoundError: for a missing or incomplete model folder or corpus.
@@ -164,7 +166,7 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
     from chatbot.modeling import context_limit, dialogue_layout, load_model
 
     device = resolve_device(device)
-    model, tokenizer, args = load_model(model_dir, device)
+    model, tokenizer, args = load_model(model_dir, device, dtype)
     layout = dialogue_layout(model.config.model_type, tokenizer, args)
     dataset = load_dataset(data, tokenizer, max_len=context_limit(model, args) - EXTRA_TOKENS[layout], format=format,
                            split=split, skip_bad=skip_bad, progress=progress)

@@ -22,6 +22,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# Inference precisions (`--dtype`, `ChatBot.from_pretrained(dtype=...)`); see chatbot.precision.
+# Here, not there, so the CLI can offer them without importing torch.
+DTYPES = ("auto", "fp32", "bf16", "int8")
+
 # name -> (test, allowed range as shown to the user). One table serves the pure functions,
 # `SamplingOptions` and the CLI's flag parsing, so a range is written once.
 _CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
