@@ -114,18 +114,18 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=150, help="tokens per example (GPT2-chitchat: 150)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per side, warmup included")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                         help="ours only (the baseline is always fp32, as GPT2-chitchat): bf16 is CPU autocast, "
-                             "fast on CPUs with AVX512-BF16 or AMX")
+                             "fast on CPUs with AVX512-BF16 or AMX; auto is what chatbot-train picks")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/chatbot-bench-train"), help="scratch folder")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     corpus = args.workdir / f"synth-{args.dialogues}-seed{args.seed}.txt"
     write_corpus(corpus, args.dialogues, args.seed)
     vocab = padded_vocab(args.workdir)
-    print(f"ours: --precision {args.precision}; baseline: fp32")
+    print(f"ours: --precision {args.precision}; baseline: fp32; load average {os.getloadavg()[0]:.1f}")
     print(f"| config | params | ours tok/s | baseline tok/s | ours / baseline | ours / GPT2-chitchat ref "
-          f"| ours peak RSS | baseline peak RSS |\n|---|---|---|---|---|---|---|---|")
+          f"| ours peak RSS | baseline peak RSS | load average |\n|---|---|---|---|---|---|---|---|---|")
     for name in args.configs:
         config = args.workdir / f"{name}.json"
         config.write_text(json.dumps(CONFIGS[name]))
@@ -134,7 +134,7 @@ def main() -> None:
         base = run_side("baseline", corpus, vocab, config, args.workdir / "unused", args)
         print(f"| {name} | {params / 1e6:.1f} M | {ours['tokens_per_s']:,.0f} | {base['tokens_per_s']:,.0f} | "
               f"{ours['tokens_per_s'] / base['tokens_per_s']:.2f}x | {ours['tokens_per_s'] / REFERENCE[name]:.2f}x | "
-              f"{ours['peak_rss_mb']:,.0f} MB | {base['peak_rss_mb']:,.0f} MB |", flush=True)
+              f"{ours['peak_rss_mb']:,.0f} MB | {base['peak_rss_mb']:,.0f} MB | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 def _count_params(fields: dict) -> int:

@@ -52,13 +52,6 @@ log = logging.getLogger(__name__)
 _now = time.monotonic  # one clock for conversation ages; tests replace it
 
 
-def _inference_dtype(device: torch.device) -> torch.dtype | None:
-    """Half precision on a GPU (bf16 where supported) roughly halves latency; CPUs keep float32."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class _Model:
     """A loaded model with what generation needs to know about it."""
 
@@ -70,7 +63,8 @@ class _Model:
         if self.layout == CDIAL or training_args.get("speaker_ids"):
             self.speaker_ids = speaker_token_ids(tokenizer.get_vocab())
 
-    def context(self, turns: list[list[int]], *, cls_id: int, sep_id: int) -> tuple[list[int], list[int] | None, int | None]:
+    def context(self, turns: list[list[int]], *, cls_id: int,
+                sep_id: int) -> tuple[list[int], list[int] | None, int | None]:
         """(input ids, token_type_ids or None, the reply's token type id or None) asking for the next turn."""
         ids = join_turns(turns, cls_id=cls_id, sep_id=sep_id)
         if self.layout == CDIAL:
@@ -141,7 +135,7 @@ class ChatBot:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", *,
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", *, dtype: str = "auto",
                         mmi_model: str | Path | None = None, max_history: int = 3,
                         max_conversations: int | None = 10_000, conversation_ttl: float | None = None,
                         stream_timeout: float = 30.0, **sampling) -> ChatBot:
@@ -151,6 +145,8 @@ class ChatBot:
             path: the model folder (e.g. `model/final`) or a Hugging Face Hub id
                 (e.g. `thu-coai/CDial-GPT_LCCC-base`, `uer/gpt2-chinese-cluecorpussmall`).
             device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+            dtype: "auto" (bf16 on a GPU; int8, else bf16, else fp32 on a CPU, by what it runs
+                natively), "fp32", "bf16" or "int8" (CPU only); see `chatbot.precision`.
             mmi_model: a backward model folder or Hub id (`chatbot-train --reverse`) to rerank candidates.
             max_history: turns the model sees, the new message included.
             max_conversations, conversation_ttl, stream_timeout: see `ChatBot.__init__`.
@@ -164,10 +160,10 @@ class ChatBot:
         """
         options = SamplingOptions().replace(**sampling)  # fail on a bad option before loading
         device = resolve_device(device)
-        model, tokenizer, training_args = load_model(path, device, _inference_dtype(device))
+        model, tokenizer, training_args = load_model(path, device, dtype)
         backward = None
         if mmi_model is not None:
-            back_model, back_tokenizer, back_args = load_model(mmi_model, device, _inference_dtype(device))
+            back_model, back_tokenizer, back_args = load_model(mmi_model, device, dtype)
             if vocab_fingerprint(back_tokenizer) != vocab_fingerprint(tokenizer):
                 raise ValueError(f"the MMI model {mmi_model} uses another vocabulary than {path}; "
                                  "train both with the same --vocab")

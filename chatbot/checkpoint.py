@@ -141,12 +141,16 @@ def resolve_resume(resume: str | None, output_dir: Path, *, quiet: bool = False)
     if resume is None:
         return None
     if resume == "auto":
-        for path in reversed(list_checkpoints(output_dir)):
+        checkpoints = list_checkpoints(output_dir)
+        for path in reversed(checkpoints):
             problem = checkpoint_problem(path)
             if problem is None:
                 return path
             if not quiet:
                 print(f"warning: skipping {path}: {problem}", file=sys.stderr)
+        if checkpoints and not quiet:
+            print(f"warning: no readable checkpoint in {output_dir}: training starts from the beginning",
+                  file=sys.stderr)
         return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():

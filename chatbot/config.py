@@ -1,30 +1,34 @@
-"""Training options: one dataclass of commented defaults, checked as a whole before any work.
+"""Every command's options: dataclasses of commented defaults, checked as a whole before any work.
 
-`chatbot-train` builds one flag per field (`--batch-size` for `batch_size`) with the field's
-help text, so this file is the single place a default lives.
+`chatbot.flags` builds one flag per field (`--batch-size` for `batch_size`) with the field's help
+text, so this file (with `chatbot.options` for sampling) is the single place a default lives.
+No torch here: `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from chatbot.corpus import FORMATS
+from chatbot.flags import opt, port_number, positive_int
 from chatbot.layout import LOSS_ON, SPEAKER_TOKENS
+from chatbot.options import DTYPES
 
-
-def opt(default, help: str, **metadata):
-    return field(default=default, metadata={"help": help, **metadata})
+BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"  # the sample shipped in the repository
+REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    train: str = opt("data/train.txt", "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder")
+    train: str = opt(BUNDLED_TRAIN, "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder")
     valid: str | None = opt(None, "validation corpus or folder (default: data/valid.txt when training on the "
                                   "bundled sample, else none)")
     valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation instead of --valid")
@@ -38,8 +42,9 @@ class TrainConfig:
     reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
     # model
     config: str = opt("configs/tiny.json", "GPT2Config JSON for a model trained from scratch")
-    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 (uer/gpt2-chinese-*) "
-                                       "or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own layout; its tokenizer is used")
+    pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 "
+                                       "(uer/gpt2-chinese-*) or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own "
+                                       "layout; its tokenizer is used")
     vocab: str = opt("vocab/vocab.txt", "vocab.txt for a model trained from scratch")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",
@@ -58,7 +63,8 @@ class TrainConfig:
     seed: int = opt(42, "random seed (each process adds its rank)")
     # hardware
     device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)", metavar="DEVICE")
-    precision: str = opt("auto", "auto (bf16, else fp16 on GPU; fp32 on CPU), fp32, bf16 or fp16",
+    precision: str = opt("auto", "auto (GPU: bf16, else fp16; CPU: bf16 where it runs bf16 natively, else fp32), "
+                                 "fp32, bf16 or fp16",
                          choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a slow first one)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
@@ -75,7 +81,12 @@ class TrainConfig:
     overwrite: bool = opt(False, "start afresh in an --output-dir holding a previous run, deleting that run's "
                                  "checkpoints, best/, final/ and metrics (nothing else in it is touched)")
     eval_generate: int = opt(0, "after training, generate replies for N validation dialogues and log BLEU/Distinct")
+    report_to: str = opt("none", "also log metrics to TensorBoard (output_dir/runs) or Weights & Biases "
+                                 "(metrics.jsonl is always written)", choices=tuple(REPORT_TO))
     quiet: bool = opt(False, "no progress bar or tables")
+
+    # Keys a run records in training_args.json beside its options; a config file may hold them.
+    derived_keys: ClassVar[tuple[str, ...]] = ("source", "layout", "valid_ppl")
 
     def __post_init__(self):
         checks = [
@@ -105,9 +116,138 @@ class TrainConfig:
             raise ValueError("give either --valid or --valid-ratio, not both")
         if self.format == "text" and self.loss_on != "all":
             raise ValueError("--format text has no turns: use --loss-on all")
+        package = REPORT_TO[self.report_to]
+        if package and importlib.util.find_spec(package) is None:
+            extra = "pip install 'chatbot[tensorboard]'" if package == "tensorboard" else "pip install wandb"
+            raise ValueError(f"--report-to {self.report_to} needs the {package} package, which is not installed; "
+                             f"{extra}, or use --report-to none")
+
+    def valid_path(self) -> str | None:
+        """--valid; else data/valid.txt when training on the bundled data/train.txt (and no --valid-ratio)."""
+        if self.valid is None and not self.valid_ratio and self.train == BUNDLED_TRAIN and Path(BUNDLED_VALID).is_file():
+            return BUNDLED_VALID
+        return self.valid
+
+    def resolved_max_len(self, n_positions: int) -> int:
+        """--max-len, by default min(256, n_positions).
+
+        Raises:
+            ValueError: if --max-len exceeds the model's n_positions.
+        """
+        max_len = self.max_len or min(256, n_positions)
+        if max_len > n_positions:
+            raise ValueError(f"--max-len {max_len} exceeds the model's n_positions ({n_positions}); "
+                             f"use --max-len {n_positions} or less, or a config with more positions")
+        return max_len
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.max_steps or steps_per_epoch * self.epochs
+
+    def warmup(self, total_steps: int) -> int:
+        """--warmup-steps, else --warmup-ratio of all steps."""
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total_steps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def recorded(self) -> dict:
+        """The options saved as training_args.json. Not --resume and --overwrite: they say what this
+        invocation did with --output-dir, and a re-run from the file must not repeat them unasked."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("resume", "overwrite")}
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    corpus: list[str] = opt(help="corpus files (txt, LCCC json, jsonl or plain text)", positional=True,
+                            metavar="CORPUS")
+    output: str = opt(help="folder to write tokens.bin, offsets.npy, meta.json into", short="-o", metavar="DIR")
+    format: str = opt("auto", "corpus format; auto picks by extension and first line (text is never guessed)",
+                      choices=FORMATS)
+    split: str | None = opt(None, "LCCC split to read: train, valid or test (default: train)", metavar="NAME")
+    vocab: str = opt("vocab/vocab.txt", "BERT vocab.txt to tokenize with", metavar="FILE")
+    tokenizer: str | None = opt(None, "a folder with tokenizer files instead of --vocab, or the model folder or "
+                                      "Hub id you will fine-tune", metavar="DIR|ID")
+    vocab_out: str | None = opt(None, "first build a vocabulary from the corpora (specials + every character seen "
+                                      "--min-freq times), write it here and encode with it", metavar="FILE")
+    min_freq: int = opt(1, "with --vocab-out: keep characters seen at least this often", parse=positive_int)
+    max_len: int = opt(256, "tokens per example; longer dialogues are split at turn boundaries", parse=positive_int)
+    workers: int = opt(1, "encoding processes (default 1: the Rust tokenizer already uses every core)",
+                       parse=positive_int)
+    skip_bad: bool = opt(False, "skip unreadable records instead of stopping")
+    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-preprocess output, and "
+                                 "--vocab-out when it holds a vocabulary (never anything else)")
+    quiet: bool = opt(False, "no progress bar and no summary table")
+
+    def __post_init__(self):
+        if not self.corpus:
+            raise ValueError("give one or more corpus files to encode")
+        if self.max_len < 4:
+            raise ValueError(f"--max-len must be >= 4 to hold [CLS] a [SEP] b [SEP], got {self.max_len}")
+        if self.tokenizer and (self.vocab_out or self.vocab != "vocab/vocab.txt"):
+            raise ValueError("give one of --vocab, --tokenizer or --vocab-out, not several")
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id such as "
+                                    "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID")
+    device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
+    dtype: str = opt("auto", "weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what it runs "
+                             "natively; int8 is CPU-only", choices=DTYPES)
+    max_history: int = opt(3, "turns the model sees, your new message included", parse=positive_int)
+    seed: int | None = opt(None, "make replies reproducible (reply i uses seed + i)")
+    mmi_model: str | None = opt(None, "backward model folder or Hub id (chatbot-train --reverse) that picks the "
+                                      "best of --candidates", metavar="DIR|ID")
+    log_dir: str | None = opt(None, "folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/"
+                                    "transcripts, else ~/.local/share/chatbot/transcripts; a piped chat saves one "
+                                    "only when this is given)", metavar="DIR")
+    transcript: bool = opt(True, "save a transcript on exit")
+    history_file: str = opt(str(Path.home() / ".chatbot_history"),
+                            "keeps the lines you type, for Up-arrow recall across sessions", metavar="FILE")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = opt("model/final", "model folder or Hub id", metavar="DIR|ID")
+    data: str = opt("data/valid.txt", "corpus file or chatbot-preprocess folder", metavar="PATH")
+    format: str = opt("auto", "corpus format", choices=FORMATS)
+    split: str | None = opt(None, "LCCC split to read", metavar="NAME")
+    skip_bad: bool = opt(False, "skip unreadable corpus records instead of stopping")
+    loss_on: str | None = opt(None, "tokens scored for perplexity (default: what the model was trained on)",
+                              choices=LOSS_ON)
+    batch_size: int = opt(16, "examples per forward pass", parse=positive_int)
+    num_samples: int | None = opt(None, "evaluate a seeded random subset of N examples", parse=positive_int,
+                                  metavar="N")
+    seed: int = opt(42, "subset and sampling seed")
+    greedy: bool = opt(False, "also generate greedily and report both")
+    generate: bool = opt(True, "generate replies and score them (--no-generate: perplexity only)")
+    max_history: int = opt(3, "turns the model sees", parse=positive_int)
+    examples: int = opt(3, "side-by-side samples to print")
+    output: str | None = opt(None, "write the full report (metrics and every sample) as JSON", metavar="FILE")
+    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-eval report")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", metavar="DEVICE")
+    dtype: str = opt("fp32", "weights to score: fp32 (the model itself), or what chatbot-chat runs: auto, bf16, int8",
+                     choices=DTYPES)
+    quiet: bool = opt(False, "no progress bars, table or samples")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str = opt("model/final", "model folder written by chatbot-train", metavar="DIR")
+    served_model_name: str | None = opt(None, "the model id clients see and send (default: the --model value)",
+                                        metavar="NAME")
+    host: str = opt("127.0.0.1", "address to listen on; 0.0.0.0 opens the server to the network", metavar="HOST")
+    port: int = opt(8000, "port to listen on (0 = any free port)", parse=port_number)
+    api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: $CHATBOT_API_KEY if set, "
+                                    "else no key)", metavar="KEY")
+    device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
+    max_batch: int = opt(16, "replies decoded together in one batch", parse=positive_int)
+    max_concurrent: int = opt(64, "requests held at once, decoding or queued; more get HTTP 429", parse=positive_int)
+    max_body_bytes: int = opt(2**20, "larger request bodies get HTTP 413", parse=positive_int)
+    max_message_chars: int = opt(8000, "longer messages get HTTP 400", parse=positive_int)
+    cors_origin: list[str] = opt([], "let pages from ORIGIN (e.g. https://example.com) call the API; repeatable "
+                                     "(default: none, CORS off)", metavar="ORIGIN")
+    max_history: int = opt(3, "turns the model sees, the new message included", parse=positive_int)

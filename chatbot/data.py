@@ -105,7 +105,8 @@ def default_cache_dir() -> Path:
 
 
 def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_ids: bool = False,
-                 reverse: bool = False, layout: str = CHITCHAT) -> Callable[[list[np.ndarray]], dict[str, torch.Tensor]]:
+                 reverse: bool = False,
+                 layout: str = CHITCHAT) -> Callable[[list[np.ndarray]], dict[str, torch.Tensor]]:
     """A collate_fn padding a batch to its longest example.
 
     Returns `input_ids`, `attention_mask`, `labels` (and `token_type_ids` when `speaker_ids` or

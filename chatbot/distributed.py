@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +61,20 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
     return info, device
+
+
+@contextmanager
+def main_process_first(info: DistInfo) -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks (e.g. encode a corpus into the cache once,
+    then let the others read it). A no-op for a single process."""
+    if info.enabled and not info.is_main:
+        dist.barrier()  # wait for rank 0's block
+    try:
+        yield
+    finally:
+        # Even when rank 0 fails, release the others: they then fail on the same input instead of hanging.
+        if info.enabled and info.is_main:
+            dist.barrier()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from chatbot.data import LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
+from chatbot.fileio import atomic_write_text
 from chatbot.layout import IGNORE_INDEX, split_turns
 from chatbot.metrics import reply_metrics
 from chatbot.tokenization import decode_ids, splits_characters
@@ -77,20 +79,38 @@ def sample_indices(n_total: int, n: int | None, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n_total, size=n, replace=False).tolist())
 
 
-def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, seed: int,
-                        progress: bool = False) -> tuple[dict, list[dict]]:
-    """Reply to the second-last turn of each example (earlier turns as history); the last turn is
-    the reference. Returns (metrics, samples); reply i is sampled with seed + i."""
-    samples = []
-    for i, index in enumerate(tqdm(indices, desc="generating", disable=not progress, leave=False)):
-        turns = example_turns(dataset, bot.tokenizer, index)
-        if len(turns) < 2:
-            continue
-        reply = bot.reply(turns[-2], history=turns[:-2], seed=seed + i, **sampling)
-        samples.append({"history": turns[:-1], "reference": turns[-1], "generated": reply})
-    if not samples:
-        raise ValueError("no example has two turns to evaluate a reply on (is this --format text?)")
-    return reply_metrics([s["generated"] for s in samples], [s["reference"] for s in samples]), samples
+@dataclass
+class Generation:
+    """Replies generated with one set of sampling options, and their metrics."""
+
+    options: dict  # the sampling options used
+    metrics: dict  # see chatbot.metrics.reply_metrics
+    samples: list[dict]  # {"history", "reference", "generated"} per example
+
+
+@dataclass
+class EvalReport:
+    """What chatbot-eval (and chatbot-train --eval-generate) measured; `to_dict` is its JSON form."""
+
+    model: str
+    data: str
+    examples: int
+    loss_on: str
+    perplexity: dict | None  # {"loss", "ppl", "tokens"}, or None when not measured
+    generation: dict[str, Generation] = field(default_factory=dict)  # "sampled", "greedy"
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": self.data, "examples": self.examples, "loss_on": self.loss_on,
+                "perplexity": self.perplexity,
+                "generation": {name: {"options": g.options, **g.metrics} for name, g in self.generation.items()},
+                "samples": {name: g.samples for name, g in self.generation.items()}}
+
+    def __getitem__(self, key: str):
+        """`report["generation"]` etc.: the JSON form's keys, as when reports were dicts."""
+        return self.to_dict()[key]
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2))
 
 
 REPORT_KEYS = ("model", "data", "examples", "loss_on", "perplexity", "generation", "samples")
@@ -105,12 +125,35 @@ def is_eval_report(path: Path) -> bool:
     return isinstance(report, dict) and all(k in report for k in REPORT_KEYS)
 
 
+def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, seed: int,
+                        progress: bool = False) -> Generation:
+    """Reply to the second-last turn of each example (earlier turns as history); the last turn is
+    the reference. Reply i is sampled with seed + i."""
+    samples = []
+    for i, index in enumerate(tqdm(indices, desc="generating", disable=not progress, leave=False)):
+        turns = example_turns(dataset, bot.tokenizer, index)
+        if len(turns) < 2:
+            continue
+        reply = bot.reply(turns[-2], history=turns[:-2], seed=seed + i, **sampling)
+        samples.append({"history": turns[:-1], "reference": turns[-1], "generated": reply})
+    if not samples:
+        raise ValueError("no example has two turns to evaluate a reply on (is this --format text?)")
+    metrics = reply_metrics([s["generated"] for s in samples], [s["reference"] for s in samples])
+    return Generation(dict(sampling), metrics, samples)
+
+
 def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,
-                   skip_bad: bool = False, loss_on: str | None = None, batch_size: int = 16,
-                   num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
-                   greedy: bool = False, max_history: int = 3, device: str = "auto",
-                   generate: bool = True, progress: bool = True) -> dict:
-    """Perplexity and reply metrics of a model folder (or Hub id) on a corpus; the JSON report as a dict.
+             skip_bad: bool = False, loss_on: str | None = None, batch_size: int = 16,
+             num_samples: int | None = None, seed: int = 42, sampling: dict | None = None,
+             greedy: bool = False, max_history: int = 3, device: str = "auto", dtype: str = "fp32",
+             generate: bool = True, progress: bool = True) -> EvalReport:
+    """Perplexity and reply metrics of a model folder (or Hub id) on a corpus.
+
+    Args:
+        sampling: options over CDial-GPT's setting (`CDIAL_SAMPLING`) for the sampled replies.
+        greedy: also generate greedily.
+        dtype: see `chatbot.precision`; fp32 (the default) scores the model itself, what chat
+            runs ("auto", "bf16", "int8") scores that.
 
     Raises:
         FileNotFoundError: for a missing or incomplete model folder or corpus.
@@ -123,7 +166,7 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
     from chatbot.modeling import context_limit, dialogue_layout, load_model
 
     device = resolve_device(device)
-    model, tokenizer, args = load_model(model_dir, device)
+    model, tokenizer, args = load_model(model_dir, device, dtype)
     layout = dialogue_layout(model.config.model_type, tokenizer, args)
     dataset = load_dataset(data, tokenizer, max_len=context_limit(model, args) - EXTRA_TOKENS[layout], format=format,
                            split=split, skip_bad=skip_bad, progress=progress)
@@ -133,8 +176,7 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
                            reverse=bool(args.get("reverse")), layout=layout)
     ppl = evaluate_loss(model, Subset(dataset, indices), collate, batch_size=batch_size, device=device,
                         progress=progress)
-    report = {"model": str(model_dir), "data": str(data), "examples": len(indices), "loss_on": loss_on,
-              "perplexity": ppl, "generation": {}, "samples": {}}
+    report = EvalReport(str(model_dir), str(data), len(indices), loss_on, ppl)
     if not generate:
         return report
     bot = ChatBot(model, tokenizer, training_args=args, max_history=max_history)
@@ -142,7 +184,6 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
     if greedy:
         runs["greedy"] = {**(sampling or {}), **GREEDY}
     for name, options in runs.items():
-        metrics, samples = evaluate_generation(bot, dataset, indices, sampling=options, seed=seed, progress=progress)
-        report["generation"][name] = {"options": options, **metrics}
-        report["samples"][name] = samples
+        report.generation[name] = evaluate_generation(bot, dataset, indices, sampling=options, seed=seed,
+                                                      progress=progress)
     return report

@@ -7,8 +7,8 @@ Rules every command follows through this module:
   and a command replaces one only when its user passed --overwrite.
 - Nothing else is ever deleted, moved or overwritten: not a file, not a folder holding anything
   else, not the folder the user stands in.
-- Hidden `.NAME.tmp` / `.NAME.old` folders left by a run killed mid-save are recognised and
-  cleaned by the next write of NAME (or by `recover_stale`).
+- Hidden `.NAME.tmp` / `.NAME.old` / `.NAME.del` folders left by a run killed mid-save or
+  mid-delete are recognised and cleaned by the next write of NAME (or by `recover_stale`).
 - Every output is checked for writability before any work starts.
 """
 
@@ -24,8 +24,6 @@ from pathlib import Path
 
 IsOurs = Callable[[Path], bool]
 _NEARLY_FULL = 1 << 20  # bytes: a write that failed with less free than this failed for want of space
-
-
 _STALE_SUFFIXES = (".tmp", ".old", ".del")
 
 
@@ -216,6 +214,8 @@ def _disk_error(e: Exception, tmp: Path, dest: Path) -> OSError | None:
     Writers outside Python report a full disk their own way: safetensors as "... (os error 28)",
     torch.save as an opaque RuntimeError; the free space tells then.
     """
+    if isinstance(e, OSError) and e.errno is None:  # ours, e.g. FileNotFoundError("corpus not found: ...")
+        return None
     if isinstance(e, OSError):
         code, reason, filename = e.errno, e.strerror or str(e), str(e.filename or dest)
         if filename.startswith(str(tmp)):
@@ -223,6 +223,6 @@ def _disk_error(e: Exception, tmp: Path, dest: Path) -> OSError | None:
         return OSError(code, reason, filename)
     if (found := re.search(r"\(os error (\d+)\)", str(e))):
         return OSError(int(found.group(1)), os.strerror(int(found.group(1))), str(dest))
-    if shutil.disk_usage(tmp if tmp.exists() else dest.parent).free < _NEARLY_FULL:
+    if isinstance(e, RuntimeError) and shutil.disk_usage(tmp if tmp.exists() else dest.parent).free < _NEARLY_FULL:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
     return None

@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, chat_template, speaker_token_ids
 from chatbot.options import SamplingOptions
+from chatbot.precision import prepare_model, resolve_dtype
 from chatbot.tokenization import load_tokenizer, split_characters
 
 # transformers' own bars ("Loading weights", "Writing model shards") would interleave with ours
@@ -173,7 +174,7 @@ def model_type(config: dict, where: str | Path) -> str:
     return kind
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, *,
+def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32", *,
                resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
     """Load (model in eval mode, tokenizer, training_args) from a model folder or a Hub id.
 
@@ -184,16 +185,20 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     `training_args` is `{}` for folders not written by chatbot-train.
 
     Args:
+        dtype: one of `chatbot.options.DTYPES`, resolved for `device` by
+            `chatbot.precision.resolve_dtype` (fp32 leaves the weights as trained).
         resize_embeddings: grow the embedding to the tokenizer's size instead of refusing.
 
     Raises:
         FileNotFoundError: if the folder is incomplete or the Hub id cannot be had.
         ValueError: for an unsupported model_type, weights of another architecture, a damaged
-            file (named), weights that are NaN or inf, or a tokenizer larger than the model's embedding.
+            file (named), weights that are NaN or inf, a tokenizer larger than the model's embedding,
+            or a dtype the device cannot run.
     """
+    precision = resolve_dtype(dtype, torch.device(device))
     path = resolve_model_dir(source)
     kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
-    model = _load_weights(path, kind, dtype, where=str(source))
+    model = _load_weights(path, kind, where=str(source))
     bad = nonfinite_parameters(model)
     if bad:
         raise ValueError(f"{source}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the run that "
@@ -204,7 +209,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     for name, value in special_ids(tokenizer).items():
         setattr(model.config, name, value)
         setattr(model.generation_config, name, value)
-    return model.to(device).eval(), tokenizer, training_args
+    # Converted on the CPU, then moved: a GPU never holds the fp32 copy.
+    return prepare_model(model.eval(), precision).to(device), tokenizer, training_args
 
 
 def load_model_tokenizer(source: str | Path) -> tuple[BertTokenizerFast, str]:
@@ -227,7 +233,7 @@ def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, 
     return kind, tokenizer, training_args
 
 
-def _load_weights(path: Path, kind: str, dtype: torch.dtype | None, *, where: str) -> PreTrainedModel:
+def _load_weights(path: Path, kind: str, *, where: str) -> PreTrainedModel:
     # GPT-2 runs on PyTorch's fused attention; OpenAI GPT only has its own.
     extra = {"attn_implementation": "sdpa"} if kind == "gpt2" else {}
     model_class = MODEL_CLASSES[kind]
@@ -238,8 +244,8 @@ def _load_weights(path: Path, kind: str, dtype: torch.dtype | None, *, where: st
     if kind == "gpt2":
         check_gpt2_config(config, path / "config.json")
     try:
-        model, info = model_class.from_pretrained(str(path), config=config, dtype=dtype, output_loading_info=True,
-                                                  **extra)
+        model, info = model_class.from_pretrained(str(path), config=config, dtype=torch.float32,
+                                                  output_loading_info=True, **extra)
     except (RuntimeError, OSError, EOFError, SafetensorError, pickle.UnpicklingError) as e:
         if isinstance(e, RuntimeError) and "size mismatch" in str(e):  # tensors of the wrong shapes
             raise ValueError(f"{where}: its weights do not fit a {kind} model ({first_line(e)})") from None

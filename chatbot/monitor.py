@@ -35,31 +35,44 @@ class StopRequest:
 
 
 class MetricsLog:
-    """metrics.jsonl on rank 0, plus TensorBoard events when tensorboard is installed."""
+    """metrics.jsonl on rank 0, plus TensorBoard events or a Weights & Biases run when asked for."""
 
-    def __init__(self, output_dir: Path, enabled: bool):
-        self.enabled, self.board = enabled, None
+    def __init__(self, output_dir: Path, enabled: bool, report_to: str = "none", run_config: dict | None = None):
+        """Open the log.
+
+        Args:
+            report_to: "none", "tensorboard" (events in output_dir/runs) or "wandb".
+            run_config: the run's settings, recorded by wandb.
+        """
+        self.enabled, self.report_to, self.board = enabled, report_to, None
         if not enabled:
             return
         self.file = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")
-        try:
+        if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
+
             self.board = SummaryWriter(str(output_dir / "runs"))
-        except ImportError:  # tensorboard is optional
-            pass
+        elif report_to == "wandb":
+            import wandb
+
+            self.board = wandb.init(dir=str(output_dir), config=run_config)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.file.flush()
-        if self.board:
-            for key, value in row.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                    self.board.add_scalar(key, value, row["step"])
+        scalars = {k: v for k, v in row.items() if k not in ("step", "epoch") and isinstance(v, (int, float))}
+        if self.report_to == "tensorboard":
+            for key, value in scalars.items():
+                self.board.add_scalar(key, value, row["step"])
+        elif self.report_to == "wandb":
+            self.board.log(scalars, step=row["step"])
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self.file.closed:
             self.file.close()
-            if self.board:
+            if self.report_to == "wandb":
+                self.board.finish()
+            elif self.board is not None:
                 self.board.close()

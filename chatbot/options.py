@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from chatbot.flags import opt
+
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -19,6 +21,10 @@ def _is_int(v) -> bool:
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+
+# Inference precisions (`--dtype`, `ChatBot.from_pretrained(dtype=...)`); see chatbot.precision.
+# Here, not there, so the CLI can offer them without importing torch.
+DTYPES = ("auto", "fp32", "bf16", "int8")
 
 # name -> (test, allowed range as shown to the user). One table serves the pure functions,
 # `SamplingOptions` and the CLI's flag parsing, so a range is written once.
@@ -52,19 +58,47 @@ def check_options(**values) -> None:
                          f"max_new_tokens ({values['max_new_tokens']})")
 
 
+def option_parser(name: str, kind: type) -> Callable[[str], int | float]:
+    """Parses a flag's text into a sampling option, checked against its allowed range."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        check_options(**{name: value})
+        return value
+
+    return parse
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How replies are sampled; defaults follow GPT2-chitchat's interact.py."""
+    """How replies are sampled: one set for chatbot-chat, chatbot-eval and chatbot-serve."""
 
-    temperature: float = 1.0  # divides the logits; 0 picks the most likely token (greedy)
-    top_k: int = 8  # keep the k most likely tokens (0 = all)
-    top_p: float = 1.0  # keep the smallest set whose probability reaches top_p (1 = all)
-    repetition_penalty: float = 1.0  # > 1 makes already generated tokens less likely
-    penalize_context: bool = False  # also penalise tokens of the conversation so far
-    no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of the reply (0 = off)
-    min_new_tokens: int = 1  # [SEP] is not allowed before this many tokens, so no empty reply
-    max_new_tokens: int = 25  # reply length cap (GPT2-chitchat's --max_len)
-    num_candidates: int = 1  # replies sampled in one batch (> 1 only with an MMI model)
+    temperature: float = opt(1.0, "sampling temperature: divides the logits; 0 = always the most likely token",
+                             parse=option_parser("temperature", float), metavar="T")
+    top_k: int = opt(8, "sample among the k most likely tokens; 0 = all", parse=option_parser("top_k", int),
+                     metavar="K")
+    top_p: float = opt(1.0, "nucleus sampling: the fewest tokens reaching this probability; 1 = off",
+                       parse=option_parser("top_p", float), metavar="P")
+    repetition_penalty: float = opt(1.0, "> 1 makes tokens already in the reply less likely",
+                                    parse=option_parser("repetition_penalty", float), metavar="X")
+    penalize_context: bool = opt(False, "apply the repetition penalty to the conversation's tokens too, not only "
+                                        "the reply's")
+    # 3, not GPT2-chitchat's 0: on data/valid.txt it ends replies like 哈哈哈哈 without lowering
+    # BLEU or Distinct-2 (README, "Choosing the sampling defaults").
+    no_repeat_ngram_size: int = opt(3, "never repeat an n-gram of this size within a reply; 0 = off",
+                                    flag="--no-repeat-ngram", aliases=("--no-repeat-ngram-size",),
+                                    parse=option_parser("no_repeat_ngram_size", int), metavar="N")
+    # [SEP] is not allowed before this many tokens, so no reply is empty.
+    min_new_tokens: int = opt(1, "shortest reply, in tokens", aliases=("--min-len",),
+                              parse=option_parser("min_new_tokens", int), metavar="N")
+    max_new_tokens: int = opt(25, "longest reply, in tokens (--max-len is GPT2-chitchat's name for it)",
+                              aliases=("--max-len",), parse=option_parser("max_new_tokens", int), metavar="N")
+    num_candidates: int = opt(1, "replies sampled per message in one batch; > 1 needs --mmi-model",
+                              flag="--candidates", aliases=("--num-candidates",),
+                              parse=option_parser("num_candidates", int), metavar="N")
 
     def __post_init__(self):
         check_options(**asdict(self))

@@ -229,8 +229,9 @@ def _history(session: Session, arg: str, console: Console) -> bool:
         console.print("[dim]no history yet[/]")
         return True
     seen = min(session.bot.max_history - 1, len(turns))  # the new message is the last of max_history
-    console.print(f"[dim]the conversation since the last /reset; ▸ marks the {seen} newest turns, which the bot "
-                  "sees with your next message (fewer if they are too long for the model)[/]", highlight=False)
+    seen_text = (f"▸ marks the {seen} newest turns, which the bot sees with your next message (fewer if they are "
+                 "too long for the model)") if seen else "the bot sees none of them, only your next message"
+    console.print(f"[dim]the conversation since the last /reset; {seen_text}[/]", highlight=False)
     for i, turn in enumerate(turns):
         inside = i >= len(turns) - seen
         line = Text(f"{'▸' if inside else ' '} {i + 1:>3}  {'you' if i % 2 == 0 else 'bot'}: ",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from chatbot.corpus import MAX_TURN_CHARS
+
+if TYPE_CHECKING:  # evaluate imports torch; reports is also used by torch-free commands
+    from chatbot.evaluate import EvalReport
 
 console = Console(stderr=True)
 
@@ -58,23 +63,25 @@ def print_unk_rate(meta: dict, source, *, quiet: bool = False) -> None:
                       markup=False, highlight=False, soft_wrap=True)
 
 
-def print_eval_report(report: dict, examples: int = 0) -> None:
-    ppl = report["perplexity"]
-    rows = [("model", report["model"]), ("data", report["data"]), ("examples", report["examples"])]
+def print_eval_report(report: EvalReport, examples: int = 0) -> None:
+    ppl = report.perplexity
+    rows = [("model", report.model), ("data", report.data), ("examples", report.examples)]
     if ppl is not None:
-        rows += [(f"perplexity (loss on {report['loss_on']})", f"{ppl['ppl']:.2f}"), ("scored tokens", ppl["tokens"])]
-    for name, m in report["generation"].items():
-        options = ", ".join(f"{k}={v}" for k, v in m["options"].items())
+        rows += [(f"perplexity (loss on {report.loss_on})", f"{ppl['ppl']:.2f}"), ("scored tokens", ppl["tokens"])]
+    for name, g in report.generation.items():
+        m = g.metrics
+        options = ", ".join(f"{k}={v}" for k, v in g.options.items())
         rows += [(f"[{name}] {options}", ""),
                  ("  BLEU-1 / 2 / 4", f"{m['bleu-1']:.2f} / {m['bleu-2']:.2f} / {m['bleu-4']:.2f}"),
                  ("  Distinct-1 / 2", f"{m['distinct-1']:.3f} / {m['distinct-2']:.3f}"),
                  ("  average reply length", f"{m['avg_reply_chars']:.1f} characters"),
                  ("  empty / repeated replies", f"{m['empty_share']:.1%} / {m['repeated_share']:.1%}")]
     print_table("chatbot-eval", rows)
-    if report["generation"]:
-        console.print(f"BLEU: sacrebleu {next(iter(report['generation'].values()))['bleu_signature']}", highlight=False)
-    for name, samples in report["samples"].items():
-        for s in samples[:examples]:
+    if report.generation:
+        console.print(f"BLEU: sacrebleu {next(iter(report.generation.values())).metrics['bleu_signature']}",
+                      highlight=False)
+    for name, g in report.generation.items():
+        for s in g.samples[:examples]:
             history = " / ".join(s["history"])
             console.print(f"[dim]{name}[/dim]  history: {history}\n    reference: {s['reference']}\n"
                           f"    generated: {s['generated']}", highlight=False)

@@ -11,8 +11,9 @@ import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
+from chatbot.kvcache import preallocated_cache
 from chatbot.openai_gpt import OpenAIGPTCache
 from chatbot.options import check_options
 
@@ -151,7 +152,7 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
     device = model.device
     context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
     types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
-    next_logits = _stepper(model, context, types, reply_type_id, num_candidates)
+    next_logits = _stepper(model, context, types, reply_type_id, num_candidates, max_new_tokens)
     logits = next_logits(None)  # (N, V)
     banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=device)
     generated = torch.empty(num_candidates, 0, dtype=torch.long, device=device)  # (N, step)
@@ -172,14 +173,15 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
 
 
 def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor | None, reply_type_id: int | None,
-             n: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
+             n: int, max_new_tokens: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
     """A function from the tokens generated so far, (N, step) or None before the first, to the
     (N, V) logits of the next token of each of the N candidates, feeding the model only new tokens."""
     if model.config.model_type == "openai-gpt":  # CDial-GPT: transformers gives it no KV cache
         gpt_cache = OpenAIGPTCache(model)
         forward, repeat = gpt_cache.next_logits, gpt_cache.repeat
     else:
-        cache = DynamicCache(config=model.config)
+        # Room for the context and every new token: steps write in place (see chatbot.kvcache).
+        cache = preallocated_cache(model.config.num_hidden_layers, context.size(1) + max_new_tokens)
         repeat = cache.batch_repeat_interleave
 
         def forward(ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:

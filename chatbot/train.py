@@ -1,16 +1,19 @@
-"""Train a GPT-2 on encoded dialogues: setup -> loop -> evaluate -> checkpoint.
+"""Train a GPT-2 on encoded dialogues: `setup(cfg) -> Run`, `fit(run)`, `finish(run)`.
 
-`train(cfg)` works the same on one CPU, one GPU, or several processes under torchrun (DDP).
+`train(cfg)` runs the three and works the same on one CPU, one GPU, or several processes
+under torchrun (DDP). `setup` does every check and derivation before any step; each pass of
+`fit`'s loop is one optimizer step over `grad_accum` micro-batches; `finish` scores, saves and
+publishes the final model.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +35,22 @@ from chatbot.checkpoint import (
     save_checkpoint,
 )
 from chatbot.config import TrainConfig
-from chatbot.data import (
-    IGNORE_INDEX,
-    LengthGroupedBatchSampler,
-    load_dataset,
-    make_collate,
-    padding_fraction,
-    split_holdout,
-)
+from chatbot.data import LengthGroupedBatchSampler, load_dataset, make_collate, padding_fraction, split_holdout
 from chatbot.distributed import (
     DistInfo,
     all_reduce_sum,
     broadcast_flag,
     cleanup,
+    main_process_first,
     setup_distributed,
 )
 from chatbot.evaluate import evaluate_loss
-from chatbot.layout import CHITCHAT, EXTRA_TOKENS
+from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
 from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
+from chatbot.precision import cpu_supports
 from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
-
-BUNDLED_TRAIN, BUNDLED_VALID = "data/train.txt", "data/valid.txt"
 
 
 @dataclass
@@ -66,15 +62,147 @@ class TrainResult:
     model: PreTrainedModel  # the trained weights, unwrapped from DDP/compile
 
 
-def setup_model(cfg: TrainConfig, resume_dir: Path | None):
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint, so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    micro_in_epoch: int = 0  # micro-batches done in the current epoch
+    best_loss: float | None = None  # best validation loss so far
+    bad_evals: int = 0  # validations since the best one
+
+
+@dataclass
+class Window:
+    """Sums since the last log line. They stay on the device: reading them every micro-step would stall a GPU."""
+
+    loss: torch.Tensor  # sum of token losses
+    labels: torch.Tensor  # scored tokens
+    tokens: torch.Tensor  # real (non-padding) tokens
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def on(cls, device: torch.device) -> Window:
+        return cls(*(torch.zeros((), dtype=d, device=device) for d in (torch.float32, torch.long, torch.long)))
+
+
+@dataclass
+class Run:
+    """Everything `setup` builds; `fit` and `finish` work on it."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    model: torch.nn.Module  # what the loop calls: compiled and/or wrapped in DDP
+    raw_model: PreTrainedModel  # what is saved
+    tokenizer: object
+    training_args: dict  # the options plus what was derived from them, saved beside the weights
+    train_set: object
+    valid_set: object | None
+    collate: object
+    sampler: LengthGroupedBatchSampler
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    micro_per_epoch: int
+    total_steps: int
+    log: MetricsLog
+    bar: tqdm
+    window: Window
+    state: TrainState = field(default_factory=TrainState)
+    batches: Iterator | None = None  # the current epoch's micro-batches
+    saved_step: int | None = None  # step of the last checkpoint, so none is written twice
+    evaluated_step: int | None = None
+    stop_reason: str | None = None
+    exit_code: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run a whole training job as configured; see `chatbot-train --help`."""
+    try:
+        run = setup(cfg)
+        fit(run)
+        return finish(run)
+    finally:
+        cleanup()
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Build the model, data, optimizer and log; restore a checkpoint when resuming. Fails before any step."""
+    info, device = setup_distributed(cfg.device)
+    output_dir = prepare_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=info.is_main)
+    resume_dir = resolve_resume(cfg.resume, output_dir, quiet=not info.is_main)
+    _seed_everything(cfg.seed + info.rank)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model, tokenizer, source, layout = setup_model(resume_dir=resume_dir, pretrained=cfg.pretrained, config=cfg.config,
+                                                   vocab=cfg.vocab, resize_embeddings=cfg.resize_embeddings)
+    max_len = cfg.resolved_max_len(model.config.n_positions)
+    trainable, total_params = apply_freeze(model, cfg.freeze)
+    if trainable == 0:
+        raise ValueError(f"--freeze {cfg.freeze} leaves nothing to train")
+    # Examples are stored as [CLS] u1 [SEP] …; the model's layout may add tokens to them.
+    with main_process_first(info):  # rank 0 encodes raw corpora into the cache, the others then read it
+        train_set, valid_set = load_data(cfg.train, cfg.valid_path(), tokenizer, max_len=max_len - EXTRA_TOKENS[layout],
+                                         format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
+                                         progress=info.is_main and not cfg.quiet)
+    if info.is_main:
+        print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
+    if cfg.valid_ratio:
+        train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
+    if len(train_set) < info.world_size:
+        raise ValueError(f"{cfg.train} gave {len(train_set)} training examples, fewer than the "
+                         f"{info.world_size} processes; use more data")
+    if cfg.eval_generate and valid_set is None:
+        raise ValueError("--eval-generate needs validation data: give --valid FILE or --valid-ratio F")
+    raw_model, model, autocast_dtype, use_scaler, precision = _place_model(model, cfg, info, device)
+    collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse,
+                           layout=layout)
+    sampler, loader = _make_loader(train_set, collate, batch_size=cfg.batch_size, seed=cfg.seed, info=info,
+                                   num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    if len(sampler) == 0:
+        raise ValueError(f"{cfg.train}: {len(train_set)} examples make no batch of {cfg.batch_size} "
+                         f"on each of {info.world_size} processes")
+    total_steps = cfg.total_steps(math.ceil(len(sampler) / cfg.grad_accum))
+    warmup = cfg.warmup(total_steps)
+    optimizer = make_optimizer(raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.scheduler))
+    training_args = dict(cfg.recorded(), max_len=max_len, source=source, layout=layout)
+    run = Run(cfg, info, device, model, raw_model, tokenizer, training_args, train_set, valid_set, collate, sampler,
+              loader, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_scaler), autocast_dtype,
+              len(sampler), total_steps, log=None, bar=None, window=Window.on(device))
+    if resume_dir is not None:
+        _restore(run, resume_dir)
+    if info.is_main:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.quiet:
+            _print_plan(run, source=source, params=(trainable, total_params), warmup=warmup, precision=precision,
+                        resume_dir=resume_dir)
+    run.log = MetricsLog(run.output_dir, info.is_main, cfg.report_to, training_args)
+    run.bar = tqdm(total=total_steps, initial=run.state.step, desc="training", unit="step",
+                   disable=not info.is_main or cfg.quiet, dynamic_ncols=True)
+    return run
+
+
+def setup_model(*, resume_dir: Path | None, pretrained: str | None, config: str, vocab: str,
+                resize_embeddings: bool = False):
     """(model, tokenizer, where it came from, its dialogue layout): a checkpoint, a pretrained
-    folder or Hub id (see `load_model`), or a config."""
-    source = resume_dir or cfg.pretrained
+    folder or Hub id (see `load_model`), or a config with random weights."""
+    source = resume_dir or pretrained
     if source is None:
-        tokenizer = load_tokenizer(cfg.vocab)
-        model = build_model(load_gpt2_config(cfg.config, tokenizer))
-        return model, tokenizer, f"{cfg.config} (random init)", CHITCHAT
-    model, tokenizer, saved_args = load_model(source, resize_embeddings=cfg.resize_embeddings)
+        tokenizer = load_tokenizer(vocab)
+        return build_model(load_gpt2_config(config, tokenizer)), tokenizer, f"{config} (random init)", CHITCHAT
+    model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings)
     return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
 
 
@@ -95,12 +223,16 @@ def apply_freeze(model: PreTrainedModel, spec: str | None) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and LayerNorm weights; fused kernels on CUDA."""
+def make_optimizer(model, *, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights, with fused kernels.
+
+    Fused on the CPU too: the default per-tensor loop makes about a dozen passes over every
+    parameter and its state, 25x slower than the fused kernel on configs/base.json here.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
 
 
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
@@ -114,70 +246,31 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
-    """(autocast dtype or None, use a GradScaler, name): auto is bf16 where supported, else fp16, fp32 on CPU."""
-    if precision == "auto":
-        precision = "fp32" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    """(autocast dtype or None, use a GradScaler, name).
+
+    auto: on a GPU bf16 where supported, else fp16; on a CPU bf16 autocast where the CPU runs
+    bf16 natively (AVX512-BF16, AMX), else fp32. On this project's bundled sample the bf16 loss
+    curve follows fp32's (bench/RESULTS.md), and emulated bf16 would be slower than fp32.
+    """
+    if precision == "auto" and device.type == "cuda":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif precision == "auto":
+        precision = "bf16" if device.type == "cpu" and cpu_supports("bf16") else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return dtype, precision == "fp16", precision
 
 
-def load_data(cfg: TrainConfig, tokenizer, max_len: int, info: DistInfo, device: torch.device):
-    """(train, valid or None). Rank 0 encodes raw corpora into the cache while the others wait."""
-    valid = cfg.valid
-    if valid is None and not cfg.valid_ratio and cfg.train == BUNDLED_TRAIN and Path(BUNDLED_VALID).is_file():
-        valid = BUNDLED_VALID
-    common = dict(max_len=max_len, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
-                  progress=info.is_main and not cfg.quiet)
-    for turn in ("main", "others") if info.enabled else ("main",):
-        if (turn == "main") == info.is_main:
-            train_set = load_dataset(cfg.train, tokenizer, **common)
-            valid_set = load_dataset(valid, tokenizer, **common) if valid else None
-        if info.enabled:
-            torch.distributed.barrier()
-    if info.is_main:
-        print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
-    if cfg.valid_ratio:
-        train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
-    if len(train_set) < info.world_size:
-        raise ValueError(f"{cfg.train} gave {len(train_set)} training examples, fewer than the "
-                         f"{info.world_size} processes; use more data")
-    return train_set, valid_set
+def load_data(train: str, valid: str | None, tokenizer, *, max_len: int, format: str, split: str | None,
+              skip_bad: bool, progress: bool):
+    """(train, valid or None): corpora encoded once into the cache, or chatbot-preprocess folders."""
+    common = dict(max_len=max_len, format=format, split=split, skip_bad=skip_bad, progress=progress)
+    return load_dataset(train, tokenizer, **common), load_dataset(valid, tokenizer, **common) if valid else None
 
 
-def _resolved_max_len(cfg: TrainConfig, model) -> int:
-    n_positions = model.config.n_positions
-    max_len = cfg.max_len or min(256, n_positions)
-    if max_len > n_positions:
-        raise ValueError(f"--max-len {max_len} exceeds the model's n_positions ({n_positions}); "
-                         f"use --max-len {n_positions} or less, or a config with more positions")
-    return max_len
-
-
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run a whole training job as configured; see `chatbot-train --help`."""
-    info, device = setup_distributed(cfg.device)
-    try:
-        return _train(cfg, info, device)
-    finally:
-        cleanup()
-
-
-def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResult:
-    output_dir = prepare_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=info.is_main)
-    resume_dir = resolve_resume(cfg.resume, output_dir, quiet=not info.is_main)
-    _seed_everything(cfg.seed + info.rank)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model, tokenizer, source, layout = setup_model(cfg, resume_dir)
-    max_len = _resolved_max_len(cfg, model)
-    trainable, total_params = apply_freeze(model, cfg.freeze)
-    if trainable == 0:
-        raise ValueError(f"--freeze {cfg.freeze} leaves nothing to train")
-    # Examples are stored as [CLS] u1 [SEP] …; the model's layout may add tokens to them.
-    train_set, valid_set = load_data(cfg, tokenizer, max_len - EXTRA_TOKENS[layout], info, device)
-    if cfg.eval_generate and valid_set is None:
-        raise ValueError("--eval-generate needs validation data: give --valid FILE or --valid-ratio F")
+def _place_model(model, cfg: TrainConfig, info: DistInfo, device: torch.device):
+    """(raw model, model the loop calls, autocast dtype, use a GradScaler, precision name)."""
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(device).train()
@@ -187,205 +280,233 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> TrainResul
         model = torch.compile(model)
     if info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return raw_model, model, autocast_dtype, use_scaler, precision
 
-    collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse,
-                           layout=layout)
-    sampler = LengthGroupedBatchSampler(train_set.lengths, cfg.batch_size, seed=cfg.seed,
-                                        num_replicas=info.world_size, rank=info.rank)
+
+def _make_loader(dataset, collate, *, batch_size: int, seed: int, info: DistInfo, num_workers: int,
+                 pin_memory: bool) -> tuple[LengthGroupedBatchSampler, DataLoader]:
+    sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, seed=seed, num_replicas=info.world_size,
+                                        rank=info.rank)
     # A private generator: DataLoader otherwise draws its seed from the global RNG each epoch,
     # which would shift dropout masks after a resume.
-    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
-    micro_per_epoch = len(sampler)
-    if micro_per_epoch == 0:
-        raise ValueError(f"{cfg.train}: {len(train_set)} examples make no batch of {cfg.batch_size} "
-                         f"on each of {info.world_size} processes")
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
-    optimizer = make_optimizer(raw_model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.scheduler))
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    training_args = dict(cfg.to_dict(), max_len=max_len, source=source, layout=layout)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+    return sampler, loader
 
-    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_loss": None, "bad_evals": 0}
-    if resume_dir is not None:
-        saved = load_state(resume_dir)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        restore_rng_states(saved["rng"][min(info.rank, len(saved["rng"]) - 1)])
-        state.update(saved["progress"])
-        _warn_changed_args(resume_dir, training_args, info)
 
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        sampler.set_epoch(0)
-        pad = padding_fraction(train_set.lengths, sampler.rank_batches())
-        if not cfg.quiet:
-            print_table("chatbot-train", [
-                ("model", source), ("parameters", total_params), ("trainable parameters", trainable),
-                ("train examples / tokens", f"{len(train_set):,} / {int(train_set.lengths.sum()):,}"),
-                ("valid examples", len(valid_set) if valid_set is not None else "none"),
-                ("max_len / loss on", f"{max_len} / {cfg.loss_on}"),
-                ("effective batch", f"{cfg.batch_size} x {cfg.grad_accum} accum x {info.world_size} proc = "
-                                    f"{cfg.batch_size * cfg.grad_accum * info.world_size}"),
-                ("padding (length-grouped)", f"{pad:.1%}"),
-                ("steps", f"{total_steps:,} ({steps_per_epoch:,} per epoch, warmup {warmup:,})"),
-                ("device / precision", f"{device} / {precision}"),
-                ("resuming from", str(resume_dir) if resume_dir else "no"),
-                ("output", str(output_dir)),
-            ])
-    log = MetricsLog(output_dir, info.is_main)
+def _restore(run: Run, resume_dir: Path) -> None:
+    saved = load_state(resume_dir)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.scaler.load_state_dict(saved["scaler"])
+    restore_rng_states(saved["rng"][min(run.info.rank, len(saved["rng"]) - 1)])
+    run.state = TrainState(**saved["progress"])
+    if run.info.is_main:
+        _warn_changed_args(resume_dir, run.training_args)
 
-    saved_at = {"step": None, "eval": None}
 
-    def save(path_step: int) -> Path | None:
-        if saved_at["step"] == path_step:
-            return None
-        saved_at["step"] = path_step
-        check_finite_weights(raw_model, f"checkpoint-{path_step}", output_dir)  # on every rank: all stop together
-        ckpt_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "scaler": scaler.state_dict(), "progress": dict(state), "rng": _gather_rng(info)}
-        if not info.is_main:
-            return None
-        return save_checkpoint(output_dir, path_step, raw_model, tokenizer, training_args, ckpt_state,
-                               keep=cfg.save_total_limit)
+def _print_plan(run: Run, *, source: str, params: tuple[int, int], warmup: int, precision: str,
+                resume_dir: Path | None) -> None:
+    cfg, info, train_set = run.cfg, run.info, run.train_set
+    run.sampler.set_epoch(0)
+    pad = padding_fraction(train_set.lengths, run.sampler.rank_batches())
+    steps_per_epoch = math.ceil(run.micro_per_epoch / cfg.grad_accum)
+    print_table("chatbot-train", [
+        ("model", source), ("parameters", params[1]), ("trainable parameters", params[0]),
+        ("train examples / tokens", f"{len(train_set):,} / {int(train_set.lengths.sum()):,}"),
+        ("valid examples", len(run.valid_set) if run.valid_set is not None else "none"),
+        ("max_len / loss on", f"{run.training_args['max_len']} / {cfg.loss_on}"),
+        ("effective batch", f"{cfg.batch_size} x {cfg.grad_accum} accum x {info.world_size} proc = "
+                            f"{cfg.batch_size * cfg.grad_accum * info.world_size}"),
+        ("padding (length-grouped)", f"{pad:.1%}"),
+        ("steps", f"{run.total_steps:,} ({steps_per_epoch:,} per epoch, warmup {warmup:,})"),
+        ("device / precision", f"{run.device} / {precision}"),
+        ("resuming from", str(resume_dir) if resume_dir else "no"),
+        ("output", str(run.output_dir)),
+    ])
 
-    def validate() -> bool:
-        """Evaluate, keep best/, and say whether patience ran out."""
-        saved_at["eval"] = state["step"]
-        metrics = evaluate_loss(raw_model, valid_set, collate, batch_size=cfg.batch_size, device=device,
-                                autocast_dtype=autocast_dtype, rank=info.rank, world_size=info.world_size)
-        check_finite_loss(metrics["loss"], state["step"], state["step"], output_dir)
-        log.write({"step": state["step"], "epoch": state["epoch"], "valid_loss": metrics["loss"],
-                   "valid_ppl": metrics["ppl"]})
-        if state["best_loss"] is None or metrics["loss"] < state["best_loss"]:
-            state["best_loss"], state["bad_evals"] = metrics["loss"], 0
-            if info.is_main:
-                publish_model(output_dir / "best", raw_model, tokenizer, dict(training_args, valid_ppl=metrics["ppl"]))
-        else:
-            state["bad_evals"] += 1
-        if info.is_main and not cfg.quiet:
-            tqdm.write(f"step {state['step']}: valid loss {metrics['loss']:.4f}, ppl {metrics['ppl']:.2f}")
-        return bool(cfg.patience) and state["bad_evals"] >= cfg.patience
 
-    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step",
-               disable=not info.is_main or cfg.quiet, dynamic_ncols=True)
-    window_loss = torch.zeros((), device=device)
-    window_labels = torch.zeros((), dtype=torch.long, device=device)
-    window_tokens = torch.zeros((), dtype=torch.long, device=device)
-    window_start = time.perf_counter()
-    stop_reason, exit_code = None, 0
-    started = time.perf_counter()
-    with StopRequest() as stop:
-        while state["epoch"] < cfg.epochs and stop_reason is None:
-            sampler.set_epoch(state["epoch"], start_batch=state["micro_in_epoch"])
-            micro = state["micro_in_epoch"]
-            for batch in loader:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                micro += 1
-                sync = micro % cfg.grad_accum == 0 or micro == micro_per_epoch
-                n_labels = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-                no_sync = model.no_sync() if info.enabled and not sync else nullcontext()
-                amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-                with no_sync, amp:
-                    loss = model(**batch).loss
-                # Accumulated micro-batches each weigh 1/grad_accum of the step.
-                scaler.scale(loss / cfg.grad_accum).backward()
-                # Counters stay on the device: reading them every micro-step would stall a GPU.
-                window_loss += loss.detach() * n_labels
-                window_labels += n_labels
-                window_tokens += batch["attention_mask"].sum()
-                if not sync:
-                    continue
-                if cfg.max_grad_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                state["step"] += 1
-                state["micro_in_epoch"] = micro
-                bar.update(1)
-                if state["step"] % cfg.log_steps == 0 or state["step"] == total_steps:
-                    loss_sum, labels, tokens = all_reduce_sum(
-                        [window_loss.item(), window_labels.item(), window_tokens.item()], device)
-                    elapsed = time.perf_counter() - window_start
-                    row = {"step": state["step"], "epoch": state["epoch"], "loss": loss_sum / max(labels, 1),
-                           "lr": scheduler.get_last_lr()[0], "tokens": int(tokens), "tokens_per_s": tokens / elapsed}
-                    check_finite_loss(row["loss"], state["step"],
-                                      (state["step"] - 1) // cfg.log_steps * cfg.log_steps + 1, output_dir)
-                    log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,.0f}")
-                    for counter in (window_loss, window_labels, window_tokens):
-                        counter.zero_()
-                    window_start = time.perf_counter()
-                if valid_set is not None and cfg.eval_steps and state["step"] % cfg.eval_steps == 0 and validate():
-                    stop_reason = f"no improvement in {cfg.patience} validations"
-                if cfg.save_steps and state["step"] % cfg.save_steps == 0:
-                    save(state["step"])
-                if broadcast_flag(stop.signum is not None, device):
-                    save(state["step"])
-                    exit_code = EXIT_SIGNAL.get(stop.signum, 130)
-                    stop_reason = "interrupted"
-                if cfg.max_steps and state["step"] >= total_steps and stop_reason is None:
-                    stop_reason = f"reached {total_steps} steps"
-                if stop_reason:
-                    break
-            else:  # the epoch ran to its end
-                state["epoch"] += 1
-                state["micro_in_epoch"] = 0
-                if valid_set is not None and validate():
-                    stop_reason = f"no improvement in {cfg.patience} validations"
-                save(state["step"])
-    bar.close()
-    if exit_code:
-        log.close()
+# ---------------------------------------------------------------- fit
+
+
+def fit(run: Run) -> None:
+    """Optimizer steps until `stop_reason` says stop. One pass of the loop is one step."""
+    cfg, st = run.cfg, run.state
+    with StopRequest() as signals:
+        while (reason := stop_reason(run, signals)) is None:
+            if st.micro_in_epoch == run.micro_per_epoch:  # the epoch ran to its end
+                end_epoch(run)
+                continue
+            if run.batches is None:
+                run.sampler.set_epoch(st.epoch, start_batch=st.micro_in_epoch)
+                run.batches = iter(run.loader)
+            # forward/backward: the step's micro-batches; DDP syncs gradients on the last one only
+            n_micro = min(cfg.grad_accum, run.micro_per_epoch - st.micro_in_epoch)
+            for i in range(n_micro):
+                batch = {k: v.to(run.device, non_blocking=True) for k, v in next(run.batches).items()}
+                _forward_backward(run, batch, sync=i == n_micro - 1)
+            st.micro_in_epoch += n_micro
+            # clip
+            if cfg.max_grad_norm:
+                run.scaler.unscale_(run.optimizer)
+                torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.max_grad_norm)
+            # step
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            st.step += 1
+            run.bar.update(1)
+            # log
+            if st.step % cfg.log_steps == 0 or st.step == run.total_steps:
+                log_window(run)
+            # evaluate
+            if run.valid_set is not None and cfg.eval_steps and st.step % cfg.eval_steps == 0:
+                validate(run)
+            # save
+            if cfg.save_steps and st.step % cfg.save_steps == 0:
+                save(run)
+    run.stop_reason = reason
+    if reason == "interrupted":
+        run.exit_code = EXIT_SIGNAL.get(signals.signum, 130)
+        save(run)
+
+
+def _forward_backward(run: Run, batch: dict, *, sync: bool) -> None:
+    n_labels = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    no_sync = run.model.no_sync() if run.info.enabled and not sync else nullcontext()
+    amp = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else nullcontext()
+    with no_sync, amp:
+        loss = run.model(**batch).loss
+    # Accumulated micro-batches each weigh 1/grad_accum of the step.
+    run.scaler.scale(loss / run.cfg.grad_accum).backward()
+    run.window.loss += loss.detach() * n_labels
+    run.window.labels += n_labels
+    run.window.tokens += batch["attention_mask"].sum()
+
+
+def stop_reason(run: Run, signals: StopRequest) -> str | None:
+    """Why training stops now, or None to go on. The one place that decides; every rank agrees."""
+    cfg, st = run.cfg, run.state
+    if broadcast_flag(signals.signum is not None, run.device):
+        return "interrupted"
+    if cfg.max_steps and st.step >= run.total_steps:
+        return f"reached {run.total_steps} steps"
+    if cfg.patience and st.bad_evals >= cfg.patience:
+        return f"no improvement in {cfg.patience} validations"
+    if st.epoch >= cfg.epochs:
+        return "all epochs done"
+    return None
+
+
+def end_epoch(run: Run) -> None:
+    run.state.epoch += 1
+    run.state.micro_in_epoch = 0
+    run.batches = None
+    if run.valid_set is not None:
+        validate(run)
+    save(run)
+
+
+def log_window(run: Run) -> None:
+    """One metrics row for the steps since the last one, summed over all ranks."""
+    w, st = run.window, run.state
+    loss_sum, labels, tokens = all_reduce_sum([w.loss.item(), w.labels.item(), w.tokens.item()], run.device)
+    row = {"step": st.step, "epoch": st.epoch, "loss": loss_sum / max(labels, 1), "lr": run.scheduler.get_last_lr()[0],
+           "tokens": int(tokens), "tokens_per_s": tokens / (time.perf_counter() - w.started)}
+    log_steps = run.cfg.log_steps
+    check_finite_loss(row["loss"], st.step, (st.step - 1) // log_steps * log_steps + 1, run.output_dir)
+    run.log.write(row)
+    run.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,.0f}")
+    run.window = Window.on(run.device)
+
+
+def validate(run: Run) -> None:
+    """Validation loss; keeps best/ and counts validations without improvement."""
+    st, info = run.state, run.info
+    run.evaluated_step = st.step
+    metrics = evaluate_loss(run.raw_model, run.valid_set, run.collate, batch_size=run.cfg.batch_size,
+                            device=run.device, autocast_dtype=run.autocast_dtype, rank=info.rank,
+                            world_size=info.world_size)
+    check_finite_loss(metrics["loss"], st.step, st.step, run.output_dir)
+    run.log.write({"step": st.step, "epoch": st.epoch, "valid_loss": metrics["loss"], "valid_ppl": metrics["ppl"]})
+    if st.best_loss is None or metrics["loss"] < st.best_loss:
+        st.best_loss, st.bad_evals = metrics["loss"], 0
         if info.is_main:
-            print(f"stopped at step {state['step']}; checkpoint saved. Resume with the same command plus "
-                  f"--resume auto (or --resume {output_dir / ('checkpoint-' + str(state['step']))})")
-        return TrainResult(state["step"], exit_code, None, output_dir, raw_model)
-    if valid_set is not None and saved_at["eval"] != state["step"]:
-        validate()  # stopped mid-epoch by --max-steps: the final model still gets a score
-    save(state["step"])
-    log.close()
-    best_ppl = math.exp(state["best_loss"]) if state["best_loss"] is not None else None
+            publish_model(run.output_dir / "best", run.raw_model, run.tokenizer,
+                          dict(run.training_args, valid_ppl=metrics["ppl"]))
+    else:
+        st.bad_evals += 1
+    if info.is_main and not run.cfg.quiet:
+        tqdm.write(f"step {st.step}: valid loss {metrics['loss']:.4f}, ppl {metrics['ppl']:.2f}")
+
+
+def save(run: Run) -> Path | None:
+    """A checkpoint of the current step (once per step), on rank 0; every rank takes part."""
+    if run.saved_step == run.state.step:
+        return None
+    run.saved_step = run.state.step
+    # On every rank, so that all stop together.
+    check_finite_weights(run.raw_model, f"checkpoint-{run.state.step}", run.output_dir)
+    ckpt_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                  "scaler": run.scaler.state_dict(), "progress": asdict(run.state), "rng": _gather_rng(run.info)}
+    if not run.info.is_main:
+        return None
+    return save_checkpoint(run.output_dir, run.state.step, run.raw_model, run.tokenizer, run.training_args,
+                           ckpt_state, keep=run.cfg.save_total_limit)
+
+
+# ---------------------------------------------------------------- finish
+
+
+def finish(run: Run) -> TrainResult:
+    """Score and save the last step, publish final/, and report. After a signal: only say how to resume."""
+    st, info, cfg = run.state, run.info, run.cfg
+    run.bar.close()
+    if run.exit_code:
+        run.log.close()
+        if info.is_main:
+            print(f"stopped at step {st.step}; checkpoint saved. Resume with the same command plus "
+                  f"--resume auto (or --resume {run.output_dir / ('checkpoint-' + str(st.step))})")
+        return TrainResult(st.step, run.exit_code, None, run.output_dir, run.raw_model)
+    if run.valid_set is not None and run.evaluated_step != st.step:
+        validate(run)  # stopped mid-epoch by --max-steps: the final model still gets a score
+    save(run)
+    best_ppl = math.exp(st.best_loss) if st.best_loss is not None else None
     if info.is_main:
-        publish_model(output_dir / "final", raw_model, tokenizer, training_args)
+        publish_model(run.output_dir / "final", run.raw_model, run.tokenizer, run.training_args)
         if cfg.eval_generate:
-            _evaluate_replies(raw_model, tokenizer, training_args, valid_set, cfg, state["step"], output_dir)
-        if not cfg.quiet:
-            print_table("training finished", [
-                ("steps", state["step"]), ("epochs completed", state["epoch"]),
-                ("time", f"{time.perf_counter() - started:.0f} s"), ("stopped because", stop_reason or "all epochs done"),
-                ("best valid perplexity", f"{best_ppl:.2f}" if best_ppl else "no validation data"),
-                ("final model", str(output_dir / "final")),
-                ("best model", str(output_dir / "best") if best_ppl else "-"),
-                ("chat with it", f"chatbot-chat --model {output_dir / 'final'}"),
-            ])
-    return TrainResult(state["step"], 0, best_ppl, output_dir, raw_model)
+            _evaluate_replies(run)
+    run.log.close()
+    if info.is_main and not cfg.quiet:
+        print_table("training finished", [
+            ("steps", st.step), ("epochs completed", st.epoch),
+            ("time", f"{time.perf_counter() - run.started:.0f} s"), ("stopped because", run.stop_reason),
+            ("best valid perplexity", f"{best_ppl:.2f}" if best_ppl else "no validation data"),
+            ("final model", str(run.output_dir / "final")),
+            ("best model", str(run.output_dir / "best") if best_ppl else "-"),
+            ("chat with it", f"chatbot-chat --model {run.output_dir / 'final'}"),
+        ])
+    return TrainResult(st.step, 0, best_ppl, run.output_dir, run.raw_model)
 
 
-def _evaluate_replies(model, tokenizer, training_args: dict, valid_set, cfg: TrainConfig, step: int,
-                      output_dir: Path) -> None:
+def _evaluate_replies(run: Run) -> None:
     """--eval-generate: reply metrics of the final model on N validation dialogues, logged and shown."""
     from chatbot.bot import ChatBot
-    from chatbot.evaluate import CDIAL_SAMPLING, evaluate_generation, sample_indices
+    from chatbot.evaluate import EvalReport, evaluate_generation, sample_indices
+    from chatbot.options import SamplingOptions
     from chatbot.reports import print_eval_report
 
-    model.eval()
-    bot = ChatBot(model, tokenizer, training_args=training_args)
-    indices = sample_indices(len(valid_set), cfg.eval_generate, cfg.seed)
-    metrics, samples = evaluate_generation(bot, valid_set, indices, sampling=CDIAL_SAMPLING, seed=cfg.seed)
-    with open(output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "eval_generate": metrics}, ensure_ascii=False) + "\n")
-    if not cfg.quiet:
-        print_eval_report({"model": str(output_dir / "final"), "data": "validation set", "examples": len(indices),
-                           "loss_on": cfg.loss_on, "perplexity": None,
-                           "generation": {"sampled": {"options": CDIAL_SAMPLING, **metrics}},
-                           "samples": {"sampled": samples}}, examples=3)
+    run.raw_model.eval()
+    bot = ChatBot(run.raw_model, run.tokenizer, training_args=run.training_args)
+    indices = sample_indices(len(run.valid_set), run.cfg.eval_generate, run.cfg.seed)
+    sampling = asdict(SamplingOptions())  # what chatbot-chat uses by default
+    generated = evaluate_generation(bot, run.valid_set, indices, sampling=sampling, seed=run.cfg.seed)
+    run.log.write({"step": run.state.step, "eval_generate": generated.metrics})
+    if not run.cfg.quiet:
+        report = EvalReport(model=str(run.output_dir / "final"), data="validation set", examples=len(indices),
+                            loss_on=run.cfg.loss_on, perplexity=None, generation={"sampled": generated})
+        print_eval_report(report, examples=3)
 
 
 def _seed_everything(seed: int) -> None:
@@ -404,10 +525,10 @@ def _gather_rng(info: DistInfo) -> list[dict]:
     return states
 
 
-def _warn_changed_args(resume_dir: Path, current: dict, info: DistInfo) -> None:
+def _warn_changed_args(resume_dir: Path, current: dict) -> None:
     saved = read_training_args(resume_dir)
     keys = ("train", "batch_size", "grad_accum", "seed", "max_len", "loss_on", "reverse", "speaker_ids", "lr")
     changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
-    if changed and info.is_main:
+    if changed:
         print(f"warning: resuming {resume_dir} with changed settings ({'; '.join(changed)}); "
               "the run will not match an uninterrupted one")

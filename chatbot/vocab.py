@@ -18,6 +18,7 @@ from pathlib import Path
 
 # The head of every vocabulary written here ([PAD] first, as id 0); the speaker tokens are
 # optional token_type_ids for models trained with --speaker-ids.
+from chatbot.fileio import atomic_write_text
 from chatbot.layout import SPECIAL_TOKENS
 
 # Common symbols a chat contains beyond letters and punctuation. Kept explicit so the file is
@@ -88,11 +89,18 @@ def corpus_vocab(texts: Iterable[str], min_freq: int = 1) -> list[str]:
 
 
 def write_vocab(tokens: list[str], path: str | Path) -> Path:
-    """Write one token per line (UTF-8, `\\n`, trailing newline) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8", newline="\n")
-    return path
+    """Write one token per line (UTF-8, `\n`, trailing newline), atomically, and return the path."""
+    return atomic_write_text(path, "\n".join(tokens) + "\n")
+
+
+def is_vocab_file(path: Path) -> bool:
+    """True for a BERT-style vocab.txt (it starts with the special tokens), which --overwrite may replace."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = [f.readline().strip() for _ in range(4)]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head == SPECIAL_TOKENS[:4]
 
 
 def _is_split_alone(ch: str) -> bool:

@@ -66,6 +66,13 @@ def test_preprocess_never_replaces_what_is_not_its_own(tmp_path, corpus, vocab_f
                             "--quiet", "--overwrite"]) == 0
 
 
+def test_vocab_out_never_overwrites_a_corpus(tmp_path, corpus, capsys):
+    before = snapshot(tmp_path)
+    assert preprocess_main([str(corpus), "--vocab-out", str(corpus), "--output", str(tmp_path / "enc"), "--quiet"]) == 2
+    assert f"--vocab-out {corpus} is an existing file that is not a vocabulary" in one_error(capsys)
+    assert snapshot(tmp_path) == before
+
+
 def test_unreadable_corpus_is_named(tmp_path, corpus, vocab_file, capsys, monkeypatch):
     real_open = builtins.open
 

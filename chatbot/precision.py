@@ -1,0 +1,105 @@
+"""Inference precision: fp32, bf16 weights, or int8 dynamically quantized linear layers.
+
+    model = prepare_model(model, resolve_dtype("auto", device))
+
+A reply is one forward pass per token, and each pass reads every weight once: on a CPU the
+time goes into streaming weights from memory, so fewer bytes per weight is what makes a
+reply faster. bf16 halves them (and the KV cache); int8 quarters the linear layers' and runs
+their matmuls on the CPU's VNNI int8 instructions. Training is not affected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from chatbot.options import DTYPES
+
+
+def cpu_supports(dtype: str) -> bool:
+    """Whether this CPU runs `dtype` natively: bf16 needs AVX512-BF16 or AMX, int8 needs VNNI
+    and PyTorch's x86 quantized engine (fbgemm). Emulated, either is slower than fp32."""
+    cpu = torch.cpu
+    if dtype == "bf16":
+        return cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+    if dtype == "int8":
+        return (cpu._is_vnni_supported() and "fbgemm" in torch.backends.quantized.supported_engines
+                and importlib.util.find_spec("torch.ao.quantization") is not None)
+    return dtype == "fp32"
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The precision `dtype` means on `device`: "fp32", "bf16", "fp16" or "int8".
+
+    `auto` is bf16 on a GPU (fp16 where bf16 is not supported); on a CPU, int8 where it has
+    VNNI, else bf16 where it has native bf16, else fp32 (the quality check in
+    tests/test_precision.py holds int8 and bf16 to fp32's perplexity).
+
+    Raises:
+        ValueError: for an unknown name, or int8 asked for on a GPU.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device.type == "cuda":
+        if dtype == "int8":
+            raise ValueError("--dtype int8 is CPU-only (dynamic quantization); use --dtype bf16 on a GPU")
+        if dtype == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return dtype
+    if device.type != "cpu":
+        return "fp32" if dtype == "auto" else dtype
+    if dtype == "auto":
+        return next(d for d in ("int8", "bf16", "fp32") if cpu_supports(d))
+    return dtype
+
+
+def prepare_model(model: nn.Module, dtype: str) -> nn.Module:
+    """Convert an eval-mode GPT-2 (in fp32, on its device) to `dtype` in place; returns it.
+
+    fp32 leaves the model untouched. bf16/fp16 first turn GPT-2's `Conv1D` layers into
+    `nn.Linear` (the same matmul with the weight transposed: x @ W + b = x @ W.T.T + b), because
+    oneDNN's bf16 kernels are about twice as fast with the weight laid out as (out, in).
+    int8 does the same, then quantizes every linear layer (lm_head included) with per-channel
+    weights; activations are quantized on the fly, per batch.
+    """
+    if dtype == "fp32":
+        return model
+    conv1d_to_linear(model)
+    if dtype in ("bf16", "fp16"):
+        return model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    return quantize_int8(model)
+
+
+def conv1d_to_linear(model: nn.Module) -> nn.Module:
+    """Replace every transformers `Conv1D` (weight (in, out)) by the `nn.Linear` computing the same."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = nn.Linear(n_in, n_out, device=child.weight.device, dtype=child.weight.dtype)
+                linear.weight = nn.Parameter(child.weight.detach().t().contiguous(), requires_grad=False)
+                linear.bias = nn.Parameter(child.bias.detach(), requires_grad=False)
+                setattr(module, name, linear)
+    return model
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every `nn.Linear` with torch.ao's fbgemm kernels.
+
+    torch.ao.quantization is deprecated in favour of torchao, but on CPU its fbgemm kernels are
+    what makes int8 fast: torchao's CPU int8 paths (torch._weight_int8pack_mm) ran about as slowly
+    as fp32 here. Its deprecation warnings are silenced; if a future PyTorch drops it, int8 fails
+    with a message and `auto` picks bf16.
+    """
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError:
+        raise ValueError("--dtype int8 needs torch.ao.quantization, which this PyTorch "
+                         f"({torch.__version__}) lacks; use --dtype bf16") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)

@@ -1,0 +1,41 @@
+import importlib.util
+import json
+
+import pytest
+
+from chatbot.config import TrainConfig
+from chatbot.train import train
+
+
+def test_report_to_tensorboard_writes_events(tmp_path, vocab_file, monkeypatch):
+    pytest.importorskip("tensorboard")  # the dev extra installs it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("\n\n".join(["你好\n你好吗", "今天天气很好\n谢谢"] * 4), encoding="utf-8")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}))
+    out = tmp_path / "out"
+    train(TrainConfig(train=str(corpus), config=str(config), vocab=str(vocab_file), output_dir=str(out),
+                      max_steps=2, batch_size=4, log_steps=1, quiet=True, report_to="tensorboard"))
+    events = EventAccumulator(str(out / "runs"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_report_to_needs_its_package_and_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ValueError, match=r"--report-to wandb needs the wandb package.*pip install wandb"):
+        TrainConfig(report_to="wandb")
+    with pytest.raises(ValueError, match=r"pip install 'chatbot\[tensorboard\]'"):
+        TrainConfig(report_to="tensorboard")
+
+
+def test_no_events_unless_asked(tmp_path):
+    from chatbot.monitor import MetricsLog
+
+    log = MetricsLog(tmp_path, enabled=True)
+    log.write({"step": 1, "loss": 2.0})
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
