@@ -129,11 +129,17 @@ class Run:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run a whole training job as configured; see `chatbot-train --help`."""
+    run = None
     try:
         run = setup(cfg)
         fit(run)
         return finish(run)
     finally:
+        # The DDP wrapper's reducer holds the process group: freed after destroy_process_group,
+        # gloo's destructor can wait forever on a peer that has already left. An exception's
+        # traceback may keep `run` alive, so drop the wrapper itself.
+        if run is not None:
+            run.model = None
         cleanup()
 
 
