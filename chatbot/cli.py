@@ -277,10 +277,10 @@ def _serve(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) -> i
     from transformers.utils import logging as hf_logging
 
     from chatbot.bot import ChatBot
-    from chatbot.modeling import check_model_dir
+    from chatbot.modeling import resolve_model_dir
     from chatbot.serve import ServeSettings, create_app
 
-    check_model_dir(cfg.model)  # a wrong path fails now, not after the server has started
+    resolve_model_dir(cfg.model)  # a wrong path or Hub id fails now, not after the server has started
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     settings = ServeSettings(cfg.served_model_name or cfg.model, max_batch=cfg.max_batch,
@@ -293,7 +293,8 @@ def _serve(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) -> i
         failures.append(error)
         server.should_exit = True
 
-    app = create_app(lambda: ChatBot.from_pretrained(cfg.model, cfg.device, max_history=cfg.max_history,
+    app = create_app(lambda: ChatBot.from_pretrained(cfg.model, cfg.device, dtype=cfg.dtype,
+                                                     max_history=cfg.max_history,
                                                      **dataclasses.asdict(options)), settings, on_load_error=load_failed)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info"))
     server.run()

@@ -239,7 +239,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str = opt("model/final", "model folder written by chatbot-train", metavar="DIR")
+    model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id",
+                     metavar="DIR|ID")
     served_model_name: str | None = opt(None, "the model id clients see and send (default: the --model value)",
                                         metavar="NAME")
     host: str = opt("127.0.0.1", "address to listen on; 0.0.0.0 opens the server to the network", metavar="HOST")
@@ -247,6 +248,7 @@ class ServeConfig:
     api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: $CHATBOT_API_KEY if set, "
                                     "else no key)", metavar="KEY")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
+    dtype: str = opt("auto", "weights, as chatbot-chat's --dtype: auto, fp32, bf16 or int8", choices=DTYPES)
     max_batch: int = opt(16, "replies decoded together in one batch", parse=positive_int)
     max_concurrent: int = opt(64, "requests held at once, decoding or queued; more get HTTP 429", parse=positive_int)
     max_body_bytes: int = opt(2**20, "larger request bodies get HTTP 413", parse=positive_int)

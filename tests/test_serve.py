@@ -232,6 +232,13 @@ def test_cli_names_a_missing_model_folder(tmp_path, capsys):
     assert "model folder not found" in capsys.readouterr().err
 
 
+def test_cli_takes_a_hub_id_and_says_in_one_line_why_it_cannot_be_had(capsys):
+    # Tests run with HF_HUB_OFFLINE=1 and no cached copy: the id is tried, never downloaded.
+    assert serve_main(["--model", "no-such-org/no-such-model", "--dtype", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-org/no-such-model" in err and "offline" in err and len(err.strip().splitlines()) == 1
+
+
 def test_model_folder_lays_out_chats_for_other_engines_as_chatbot_does(tiny_model_dir):
     from transformers import AutoTokenizer, GenerationConfig
 
