@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
 
+from chatbot.kvcache import preallocated_cache
 from chatbot.options import SamplingOptions
 from chatbot.sampling import adjust_logits, sample_next_token
 
@@ -59,7 +61,7 @@ class BatchDecoder:
         self.eos_id = eos_id
         self._banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=model.device)
         self._rows: list[_Row] = []
-        self._cache: DynamicCache | None = None
+        self._cache: Cache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.bool, device=model.device)  # (B, L): False = padding
 
     def __len__(self) -> int:
@@ -100,11 +102,12 @@ class BatchDecoder:
         device = self.model.device
         context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
         types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
-        cache = DynamicCache(config=self.model.config)
+        cache = preallocated_cache(self.model.config.num_hidden_layers, context.size(1) + options.max_new_tokens)
         logits = self.model(input_ids=context, token_type_ids=types, past_key_values=cache, use_cache=True,
                             logits_to_keep=1).logits[:, -1]  # (1, V)
         cache.batch_repeat_interleave(len(keys))
-        self._join(cache, torch.ones(len(keys), context.size(1), dtype=torch.bool, device=device))
+        self._join(cache, torch.ones(len(keys), context.size(1), dtype=torch.bool, device=device),
+                   options.max_new_tokens)
         for key, seed in zip(keys, seeds):
             generator = None if seed is None else torch.Generator(device).manual_seed(seed)
             self._rows.append(_Row(key, context, options, generator, logits,
@@ -161,16 +164,21 @@ class BatchDecoder:
             row.logits = row_logits[None]
             row.position += 1
 
-    def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append a prefilled cache's rows, left-padding whichever side is shorter."""
+    def _join(self, cache: Cache, mask: torch.Tensor, room: int) -> None:
+        """Append a prefilled cache's rows (which may generate `room` tokens), left-padding the shorter side."""
         if self._cache is None:
             self._cache, self._mask = cache, mask
             return
         length = max(self._mask.size(1), mask.size(1))
+        room = max(room, self._room())
         for mine, new in zip(self._cache.layers, cache.layers):
-            mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(new.keys, length)])
-            mine.values = torch.cat([_pad_left(mine.values, length), _pad_left(new.values, length)])
+            mine.assign(torch.cat([_pad_left(mine.keys, length), _pad_left(new.keys, length)]),
+                        torch.cat([_pad_left(mine.values, length), _pad_left(new.values, length)]), room)
         self._mask = torch.cat([_pad_left(self._mask, length), _pad_left(mask, length)])
+
+    def _room(self) -> int:
+        """Tokens the cache must still take: the most any row may yet generate."""
+        return max(row.options.max_new_tokens - row.generated.size(1) for row in self._rows) if self._rows else 0
 
     def _keep(self, indices: list[int]) -> None:
         """Keep only these rows, and drop the cache columns that are padding in every row left."""
@@ -183,9 +191,9 @@ class BatchDecoder:
         index = torch.tensor(indices, device=self._mask.device)
         start = int(self._mask[index].any(0).nonzero()[0])
         self._mask = self._mask[index, start:]
+        room = self._room()
         for layer in self._cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
+            layer.assign(layer.keys[index, :, start:], layer.values[index, :, start:], room)
 
 
 def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:

@@ -55,10 +55,17 @@ def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: 
     Returns:
         (B,) token ids.
     """
-    check_options(temperature=temperature)
+    check_options(temperature=temperature, top_k=top_k)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        # Drawing among the k best is the distribution `filter_logits` leaves, but the softmax and
+        # the draw touch k scores instead of the whole vocabulary (a server draws for many rows).
+        best, candidates = torch.topk(logits, top_k, dim=-1)  # (B, k)
+        probs = filter_logits(best, top_p=top_p).softmax(dim=-1)
+        return candidates.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
+    probs = filter_logits(logits, top_p=top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
