@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache
 
 from chatbot.kvcache import preallocated_cache
 from chatbot.options import SamplingOptions
-from chatbot.sampling import adjust_logits, sample_next_token
+from chatbot.sampling import adjust_logits, check_prompt, sample_next_token
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,7 @@ class BatchDecoder:
             raise ValueError(f"need one seed per key, got {len(r.keys)} keys and {len(r.seeds)} seeds")
         if clash := set(r.keys) & set(self.keys):
             raise ValueError(f"rows {sorted(map(str, clash))} are already decoding")
-        n_positions = self.model.config.n_positions
-        if len(r.input_ids) + r.options.max_new_tokens > n_positions:
-            raise ValueError(f"prompt ({len(r.input_ids)} tokens) + max_new_tokens ({r.options.max_new_tokens}) "
-                             f"exceeds the model's n_positions ({n_positions})")
-        if (r.token_type_ids is None) != (r.reply_type_id is None):
-            raise ValueError("token_type_ids and reply_type_id must be given together")
+        check_prompt(self.model, len(r.input_ids), r.options.max_new_tokens, r.token_type_ids, r.reply_type_id)
 
     def _prefill(self, requests: Sequence[NewRows]) -> tuple[torch.Tensor, Cache, torch.Tensor]:
         """Run the left-padded prompts through the model: (next-token logits (R, V), their cache, mask (R, T))."""

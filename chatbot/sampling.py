@@ -115,6 +115,17 @@ def adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repet
     return logits
 
 
+def check_prompt(model: PreTrainedModel, length: int, max_new_tokens: int, token_type_ids, reply_type_id) -> None:
+    """Refuse a prompt of `length` tokens that cannot be continued by `max_new_tokens` within the
+    model's positions, or segment ids for the prompt without the reply's (or the other way round)."""
+    n_positions = model.config.n_positions
+    if length + max_new_tokens > n_positions:
+        raise ValueError(f"context ({length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"model's n_positions ({n_positions}); shorten the context or max_new_tokens")
+    if (token_type_ids is None) != (reply_type_id is None):
+        raise ValueError("token_type_ids and reply_type_id must be given together")
+
+
 @torch.inference_mode()
 def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Tensor, *, max_new_tokens: int,
                     eos_id: int, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -150,12 +161,7 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
     check_options(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                   penalize_context=penalize_context, no_repeat_ngram_size=no_repeat_ngram_size,
                   min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens, num_candidates=num_candidates)
-    n_positions = model.config.n_positions
-    if len(input_ids) + max_new_tokens > n_positions:
-        raise ValueError(f"context ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                         f"model's n_positions ({n_positions}); shorten the context or max_new_tokens")
-    if (token_type_ids is None) != (reply_type_id is None):
-        raise ValueError("token_type_ids and reply_type_id must be given together")
+    check_prompt(model, len(input_ids), max_new_tokens, token_type_ids, reply_type_id)
     device = model.device
     context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
     types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
