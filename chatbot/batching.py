@@ -3,9 +3,10 @@
 The batched twin of `sampling.generate_tokens`, and as pure: no threads, no tokenizer, no I/O.
 Each sequence (a *row*) keeps its own prompt, options, random generator and position; all rows
 share one KV cache whose rows are left-padded to a common length and masked, so a step feeds one
-token per row through the model once. A new sequence is prefilled alone (exactly as
-`generate_tokens` prefills it) and then joins the running batch at the next step; a finished or
-removed one leaves at once and its cache rows are dropped.
+token per row through the model once. New sequences are prefilled together (left-padded and
+masked, so each gets what `generate_tokens` would give it) and join the running batch at the
+next step; a finished or removed one leaves at once and its cache rows are dropped. GPT-2 and
+CDial-GPT's OpenAI GPT both run this way (`sampling.next_logits`).
 
 Each row makes the same sampling calls with the same generator as `generate_tokens` with one
 candidate, so a seeded reply is the same alone or batched, up to float rounding in the batched
@@ -14,7 +15,6 @@ matmuls (which the tests check does not change the tokens).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache
 
 from chatbot.kvcache import preallocated_cache
 from chatbot.options import SamplingOptions
-from chatbot.sampling import adjust_logits, check_prompt, sample_next_token
+from chatbot.sampling import adjust_logits, check_prompt, next_logits, sample_next_token
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,11 @@ class BatchDecoder:
 
     def __init__(self, model: PreTrainedModel, *, eos_id: int, banned_ids: Collection[int] = ()):
         """Raises:
-            ValueError: for a model without a KV cache (OpenAI GPT, as CDial-GPT's models are).
+            ValueError: for a model other than GPT-2 and OpenAI GPT (CDial-GPT).
         """
-        if "past_key_values" not in inspect.signature(model.forward).parameters:
-            raise ValueError(f"{type(model).__name__} has no KV cache, which batched decoding needs; serve a "
-                             "GPT-2 model (chatbot-chat still talks with this one)")
+        if model.config.model_type not in ("gpt2", "openai-gpt"):
+            raise ValueError(f"batched decoding runs GPT-2 and OpenAI GPT (CDial-GPT) models, got "
+                             f"{model.config.model_type!r}")
         self.model = model
         self.eos_id = eos_id
         self._banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=model.device)
@@ -154,9 +154,8 @@ class BatchDecoder:
                 types[i, start:] = torch.as_tensor(r.token_type_ids, device=device)
         cache = preallocated_cache(self.model.config.num_hidden_layers, length)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=None if mask.all() else mask, position_ids=positions,
-                            token_type_ids=types, past_key_values=cache, use_cache=True,
-                            logits_to_keep=1).logits[:, -1]  # (R, V)
+        logits = next_logits(self.model, ids, cache, token_type_ids=types, position_ids=positions,
+                             attention_mask=None if mask.all() else mask)  # (R, V)
         return logits, cache, mask
 
     def remove(self, key: Hashable) -> None:
@@ -202,10 +201,8 @@ class BatchDecoder:
         if self._rows[0].reply_type_id is not None:
             types = torch.tensor([[row.reply_type_id] for row in self._rows], device=device)
         self._mask = F.pad(self._mask, (0, 1), value=True)  # (B, L + 1)
-        # A 4-D mask is used as given: every row sees its own tokens and none of the padding.
-        logits = self.model(input_ids=input_ids, position_ids=positions, token_type_ids=types,
-                            attention_mask=self._mask[:, None, None, :], past_key_values=self._cache,
-                            use_cache=True).logits[:, -1]  # (B, V)
+        logits = next_logits(self.model, input_ids, self._cache, token_type_ids=types, position_ids=positions,
+                             attention_mask=self._mask)  # (B, V)
         for row, row_logits in zip(self._rows, logits):
             row.logits = row_logits[None]
             row.position += 1

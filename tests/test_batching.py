@@ -133,10 +133,10 @@ def test_bad_rows_are_refused_naming_the_problem(tiny_model, call, message):
         call(decoder, options)
 
 
-def test_a_model_without_kv_cache_is_refused_by_name(tokenizer):
-    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+def test_a_model_of_another_architecture_is_refused_by_name(tokenizer):
+    from transformers import BertConfig, BertLMHeadModel
 
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tokenizer), n_positions=16, n_embd=8, n_layer=1,
-                                                 n_head=2))
-    with pytest.raises(ValueError, match="OpenAIGPTLMHeadModel has no KV cache"):
+    model = BertLMHeadModel(BertConfig(vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=8, is_decoder=True))
+    with pytest.raises(ValueError, match="runs GPT-2 and OpenAI GPT .* got 'bert'"):
         BatchDecoder(model, eos_id=EOS)
