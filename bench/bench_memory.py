@@ -28,19 +28,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_preprocess import make_corpus  # noqa: E402
+from bench_preprocess import PEAK_RSS, make_corpus  # noqa: E402
 
-# The child reports its own VmHWM (peak RSS of its address space). Not ru_maxrss: Linux carries the
-# parent's high-water mark across fork and exec, so every child would report at least this script's.
-CHILD = r"""
+# The child reports its own VmHWM (peak RSS of its address space; see PEAK_RSS for why not ru_maxrss).
+CHILD = PEAK_RSS + r"""
 import json, sys, time
 from chatbot.cli import preprocess_main
 t0 = time.perf_counter()
 rc = preprocess_main(sys.argv[2:])
 seconds = time.perf_counter() - t0
-with open("/proc/self/status") as f:
-    hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-json.dump({"rc": rc, "seconds": seconds, "peak_kb": hwm_kb}, open(sys.argv[1], "w"))
+json.dump({"rc": rc, "seconds": seconds, "peak_kb": peak_rss_kb()}, open(sys.argv[1], "w"))
 sys.exit(rc)
 """
 

@@ -2,7 +2,8 @@
 """Benchmark `chatbot-preprocess` on seeded synthetic corpora (issue 2, "Benchmark").
 
 For each corpus size it measures, each in its own fresh Python process:
-  1. `chatbot-preprocess CORPUS -o DIR`: wall time, dialogues/s and the process's peak RSS;
+  1. `chatbot-preprocess CORPUS -o DIR`: wall time, dialogues/s and the process's peak RSS (VmHWM);
+     with --workers > 1, the peak PSS of the process and its workers together instead;
   2. the bare Rust tokenizer on the same utterances (`backend_tokenizer.encode_batch`, and
      `encode_batch_fast`, which is what chatbot uses), encode time only;
   3. opening the encoded folder with `TokenDataset`: load time, touching every example length,
@@ -36,17 +37,24 @@ SHARED_SYNTH = REPO.parent / "shared" / "bench" / "synth_corpus.py"  # the team'
 REFERENCE = {20_000: (325, 497), 100_000: (70, 828)}
 CHUNK = 2048  # dialogues per bare encode_batch call, as chatbot.preprocess.CHUNK
 
-# Each child writes one JSON object to the file named by argv[1]. ru_maxrss is in KiB on Linux.
-PREPROCESS_CHILD = r"""
+# Each child writes one JSON object to the file named by argv[1]. Peak RSS is the child's VmHWM, the
+# high-water mark of its own address space. Not ru_maxrss: Linux carries a parent's high-water mark over
+# fork and exec, so a child spawned by a big parent (pytest, a notebook) reports at least the parent's.
+PEAK_RSS = r"""
+def peak_rss_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+"""
+
+PREPROCESS_CHILD = PEAK_RSS + r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 from chatbot.cli import preprocess_main
 rc = preprocess_main(sys.argv[2:])
 t1 = time.perf_counter()
 ru = resource.getrusage(resource.RUSAGE_SELF)
-json.dump({"rc": rc, "seconds_in_process": t1 - t0, "cpu": ru.ru_utime + ru.ru_stime,
-           "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-           "children_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}, open(sys.argv[1], "w"))
+json.dump({"rc": rc, "seconds_in_process": t1 - t0, "cpu": ru.ru_utime + ru.ru_stime, "peak_rss_kb": peak_rss_kb()},
+          open(sys.argv[1], "w"))
 sys.exit(rc)
 """
 
@@ -72,8 +80,8 @@ for name in ("encode_batch", "encode_batch_fast"):
 json.dump(result, open(out, "w"))
 """
 
-LOAD_CHILD = r"""
-import json, resource, sys, time
+LOAD_CHILD = PEAK_RSS + r"""
+import json, sys, time
 import numpy as np
 def rss_kb():  # (anonymous, file-backed): mapped pages of tokens.bin count as RssFile, shared page cache
     with open("/proc/self/status") as f:
@@ -90,21 +98,53 @@ after_random = rss_kb()
 t = time.perf_counter(); s = sum(len(ds[i]) for i in range(n)); full = time.perf_counter() - t
 json.dump({"examples": n, "tokens": total, "load": load, "lengths": lengths, "random_10k": rand, "full_pass": full,
            "rss_before_kb": before, "rss_after_random_kb": after_random, "rss_after_full_kb": rss_kb(),
-           "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}, open(out, "w"))
+           "peak_rss_kb": peak_rss_kb()}, open(out, "w"))
 """
 
 
-def run_child(code: str, args: list[str], result: Path, log: Path) -> tuple[dict, float]:
-    """Run `python -c code result args...` with this checkout importable; returns (its JSON, wall seconds)."""
+def run_child(code: str, args: list[str], result: Path, log: Path, sample_tree: bool = False) -> tuple[dict, float]:
+    """Run `python -c code result args...` with this checkout importable; returns (its JSON, wall seconds).
+
+    With `sample_tree`, the JSON gains `tree_pss_peak_kb`: the largest `tree_pss_kb` seen, sampled every 0.1 s.
+    """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    t = time.perf_counter()
+    t, peak = time.perf_counter(), 0
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-c", code, str(result), *args], stdout=f, stderr=subprocess.STDOUT,
-                              env=env, cwd=REPO)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(result), *args], stdout=f, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
+        while proc.poll() is None:
+            if sample_tree:
+                peak = max(peak, tree_pss_kb(proc.pid))
+            time.sleep(0.1)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         sys.exit(f"child failed (exit {proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-    return json.loads(result.read_text()), wall
+    return json.loads(result.read_text()) | ({"tree_pss_peak_kb": peak} if sample_tree else {}), wall
+
+
+def tree_pss_kb(root: int) -> int:
+    """Proportional set size of process `root` and its children (a pool's workers), in KiB.
+
+    Pages the processes share count once in the total, where summing their RSS (or ru_maxrss) would count a
+    forked worker's copy-on-write view of its parent's memory again. Library pages shared with processes
+    outside the tree count for their share only.
+    """
+    total = 0
+    for pid in [root, *(int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == root)]:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):  # it exited meanwhile
+            pass
+    return total
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def make_corpus(workdir: Path, n: int, seed: int, check_shared: bool) -> tuple[Path, str]:
@@ -139,7 +179,8 @@ def bench_size(n: int, args, check_shared: bool) -> dict:
     for rep in range(args.repeat):
         print(f"[{n:,}] run {rep + 1}/{args.repeat}: chatbot-preprocess ...", flush=True)
         shutil.rmtree(encoded, ignore_errors=True)
-        ours, wall = run_child(PREPROCESS_CHILD, cmd, work / f"ours-{n}.json", work / f"ours-{n}.log")
+        ours, wall = run_child(PREPROCESS_CHILD, cmd, work / f"ours-{n}.json", work / f"ours-{n}.log",
+                               sample_tree=args.workers > 1)
         meta = json.loads((encoded / "meta.json").read_text(encoding="utf-8"))
         print(f"[{n:,}] run {rep + 1}/{args.repeat}: bare tokenizer ...", flush=True)
         bare, _ = run_child(BARE_CHILD, [str(corpus), str(args.vocab), str(CHUNK)], work / f"bare-{n}.json",
@@ -168,7 +209,7 @@ def mb(kb: float) -> str:
 
 
 def tables(results: list[dict], workers: int) -> str:
-    peak_col = "peak RSS MB" if workers == 1 else "peak RSS MB (main + largest worker)"
+    peak_col = "peak RSS MB" if workers == 1 else "peak PSS MB (main + workers, sampled every 0.1 s)"
     lines = [
         f"| dialogues | corpus MB | wall s | dialogues/s (whole command) | dialogues/s (read+encode+write loop) "
         f"| CPU s | {peak_col} | bare encode_batch d/s | bare encode_batch_fast d/s | bare CPU s (batch / fast) "
@@ -184,7 +225,7 @@ def tables(results: list[dict], workers: int) -> str:
         fast = n / best(runs, lambda x: x["bare"]["encode_batch_fast"])
         bare_cpu = best(runs, lambda x: x["bare"]["encode_batch_cpu"])
         fast_cpu = best(runs, lambda x: x["bare"]["encode_batch_fast_cpu"])
-        peak = max(x["maxrss_kb"] + (x["children_maxrss_kb"] if workers > 1 else 0) for x in runs)
+        peak = max(x["peak_rss_kb"] if workers == 1 else x["tree_pss_peak_kb"] for x in runs)
         rate, loop_rate = n / wall, n / loop
         ref = REFERENCE.get(n)
         speed = f"{rate / ref[0]:.1f}×" if ref else "—"
@@ -204,7 +245,7 @@ def tables(results: list[dict], workers: int) -> str:
         lines.append(f"| {r['dialogues']:,} | {ld['examples']:,} | {ld['tokens']:,} | {r['encoded_bytes'] / 1e6:,.1f} "
                      f"| {1e3 * ld['load']:.1f} | {1e3 * ld['lengths']:.1f} | {1e3 * ld['random_10k']:.0f} "
                      f"| {ld['full_pass']:.2f} | {mb(ld['rss_before_kb'][0])} / {mb(ld['rss_after_random_kb'][0])} / "
-                     f"{mb(ld['rss_after_full_kb'][0])} | {mb(ld['rss_after_full_kb'][1] - ld['rss_before_kb'][1])} | {mb(ld['maxrss_kb'])} |")
+                     f"{mb(ld['rss_after_full_kb'][0])} | {mb(ld['rss_after_full_kb'][1] - ld['rss_before_kb'][1])} | {mb(ld['peak_rss_kb'])} |")
     return "\n".join(lines)
 
 

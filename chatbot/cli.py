@@ -72,7 +72,6 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from chatbot.fileio import check_output_dir, check_output_file
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
-        from chatbot.modeling import load_model_tokenizer
         from chatbot.preprocess import is_encoded_dataset, preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
@@ -87,6 +86,9 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         if cfg.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))
         elif cfg.tokenizer:
+            # Only here: chatbot.modeling imports torch, +300 MB of RSS that encoding never uses.
+            from chatbot.modeling import load_model_tokenizer
+
             tokenizer, layout = load_model_tokenizer(cfg.tokenizer)  # reads text as that model does
         else:
             tokenizer = load_tokenizer(cfg.vocab)

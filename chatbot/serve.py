@@ -60,6 +60,13 @@ class _State:
         self.error: Exception | None = None
         self.loaded_at = 0
 
+    def ready(self) -> tuple[ChatBot, Engine]:
+        """The bot and engine, or 503 while the model is still loading."""
+        if self.engine is None:
+            raise ApiError(503, "the model is still loading; retry shortly (GET /health says when it is ready)",
+                           type="server_error", code="model_loading")
+        return self.bot, self.engine
+
 
 def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
                on_load_error: Callable[[Exception], None] | None = None) -> FastAPI:
@@ -69,9 +76,10 @@ def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
     def load() -> None:
         try:
             bot = load_bot()
-            state.engine = Engine(bot.batch_decoder(), max_batch=settings.max_batch,
-                                  max_pending=settings.max_concurrent)
+            engine = Engine(bot.batch_decoder(), max_batch=settings.max_batch, max_pending=settings.max_concurrent)
+            # The engine is what marks the server ready (`_State.ready`), so it is set last.
             state.bot, state.loaded_at = bot, int(time.time())
+            state.engine = engine
             log.info("model %s loaded; serving", settings.model_name)
         except Exception as e:  # noqa: BLE001 - reported by /health and on_load_error
             state.error = e
@@ -113,23 +121,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
-    def ready() -> tuple[ChatBot, Engine]:
-        if state.engine is None:
-            raise ApiError(503, "the model is still loading; retry shortly (GET /health says when it is ready)",
-                           type="server_error", code="model_loading")
-        return state.bot, state.engine
+    """The chat page and /health (open to all), then the API under /v1 (behind `settings.api_key`)."""
+    _add_page_routes(app, state, settings)
+    _add_model_routes(app, state, settings)
+    _add_chat_route(app, state, settings)
 
-    def authorize(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer KEY`",
-                           code="invalid_api_key")
 
-    def model_card() -> dict:
-        return {"id": settings.model_name, "object": "model", "created": state.loaded_at, "owned_by": "chatbot"}
-
+def _add_page_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         html = resources.files("chatbot").joinpath("static/chat.html").read_text(encoding="utf-8")
@@ -143,27 +141,32 @@ def _add_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok", "model": settings.model_name, **state.engine.stats()})
 
+
+def _add_model_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": state.loaded_at, "owned_by": "chatbot"}
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
-        authorize(request)
-        ready()
+        _authorize(request, settings.api_key)
+        state.ready()
         return {"object": "list", "data": [model_card()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request) -> dict:
-        authorize(request)
-        ready()
-        if model_id != settings.model_name:
-            raise ApiError(404, f"model {model_id!r} does not exist; this server has {settings.model_name!r}",
-                           param="model", code="model_not_found")
+        _authorize(request, settings.api_key)
+        state.ready()
+        _check_model(model_id, settings.model_name)
         return model_card()
 
+
+def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        authorize(request)
+        _authorize(request, settings.api_key)
         body = await _read_json(request, settings.max_body_bytes)
         chat = parse_request(body, max_message_chars=settings.max_message_chars)
-        bot, engine = ready()
+        bot, engine = state.ready()
         job = _make_job(bot, chat, settings)
         try:
             engine.submit(job)
@@ -176,6 +179,23 @@ def _add_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
             return StreamingResponse(_sse(reply, head, include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _complete(request, reply, head)
+
+
+def _authorize(request: Request, api_key: str | None) -> None:
+    """Nothing if no key is set or the request's bearer token matches it (compared in constant time), else 401."""
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer KEY`",
+                       code="invalid_api_key")
+
+
+def _check_model(model_id: str, served: str) -> None:
+    """404 unless `model_id` names the one model this server has."""
+    if model_id != served:
+        raise ApiError(404, f"model {model_id!r} does not exist; this server has {served!r}",
+                       param="model", code="model_not_found")
 
 
 async def _read_json(request: Request, limit: int) -> object:
@@ -196,9 +216,8 @@ async def _read_json(request: Request, limit: int) -> object:
 
 
 def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:
-    if chat.model is not None and chat.model != settings.model_name:
-        raise ApiError(404, f"model {chat.model!r} does not exist; this server has {settings.model_name!r}",
-                       param="model", code="model_not_found")
+    if chat.model is not None:
+        _check_model(chat.model, settings.model_name)
     if chat.n > settings.max_batch:
         raise ApiError(400, f"n must be <= {settings.max_batch} (--max-batch), got {chat.n}", param="n")
     text, history = split_messages(chat)

@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +139,19 @@ def test_cli_summary_and_exit_codes(tmp_path, vocab_file, capsys):
     err = capsys.readouterr().err
     assert "skipped: malformed record" in err and "[UNK] rate" in err
     assert np.load(tmp_path / "enc" / "offsets.npy").tolist() == [0, 8]
+
+
+def test_cli_encodes_without_importing_torch(tmp_path, vocab_file):
+    # torch is +300 MB of RSS and seconds of start-up that encoding never uses (only --tokenizer MODEL needs it).
+    (tmp_path / "c.txt").write_text("你好\n我很好\n", encoding="utf-8")
+    code = ("import sys\nfrom chatbot.cli import preprocess_main\nassert preprocess_main(sys.argv[1:]) == 0\n"
+            "print(sorted({'torch', 'chatbot.modeling'} & set(sys.modules)))")
+    argv = [str(tmp_path / "c.txt"), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file), "--quiet"]
+    root = Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, "-c", code, *argv], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert (out.returncode, out.stdout) == (0, "[]\n"), out.stderr
+    assert np.load(tmp_path / "enc" / "offsets.npy").tolist() == [0, 8]  # [CLS] 你 好 [SEP] 我 很 好 [SEP]
 
 
 def test_cli_builds_vocab_from_corpus(tmp_path):
