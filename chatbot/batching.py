@@ -3,9 +3,10 @@
 The batched twin of `sampling.generate_tokens`, and as pure: no threads, no tokenizer, no I/O.
 Each sequence (a *row*) keeps its own prompt, options, random generator and position; all rows
 share one KV cache whose rows are left-padded to a common length and masked, so a step feeds one
-token per row through the model once. A new sequence is prefilled alone (exactly as
-`generate_tokens` prefills it) and then joins the running batch at the next step; a finished or
-removed one leaves at once and its cache rows are dropped.
+token per row through the model once. New sequences are prefilled together (left-padded and
+masked, so each gets what `generate_tokens` would give it) and join the running batch at the
+next step; a finished or removed one leaves at once and its cache rows are dropped. GPT-2 and
+CDial-GPT's OpenAI GPT both run this way (`sampling.next_logits`).
 
 Each row makes the same sampling calls with the same generator as `generate_tokens` with one
 candidate, so a seeded reply is the same alone or batched, up to float rounding in the batched
@@ -14,16 +15,37 @@ matmuls (which the tests check does not change the tokens).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
 
+from chatbot.kvcache import preallocated_cache
 from chatbot.options import SamplingOptions
-from chatbot.sampling import adjust_logits, sample_next_token
+from chatbot.sampling import adjust_logits, check_prompt, next_logits, sample_next_token
+
+
+@dataclass(frozen=True)
+class NewRows:
+    """One prompt to decode as `len(keys)` rows (e.g. the n choices of one request).
+
+    keys: a new, unique name per row.
+    input_ids: (T,) the prompt.
+    options: sampling options of these rows (`num_candidates` is not used: one row is one reply).
+    seeds: one per key; row i samples with `torch.Generator().manual_seed(seeds[i])`, or with the
+        global generator when its seed is None.
+    token_type_ids, reply_type_id: segment ids of the prompt and of the reply, together or not at all.
+    """
+
+    keys: Sequence[Hashable]
+    input_ids: Sequence[int]
+    options: SamplingOptions
+    seeds: Sequence[int | None]
+    token_type_ids: Sequence[int] | None = None
+    reply_type_id: int | None = None
 
 
 @dataclass
@@ -50,16 +72,16 @@ class BatchDecoder:
 
     def __init__(self, model: PreTrainedModel, *, eos_id: int, banned_ids: Collection[int] = ()):
         """Raises:
-            ValueError: for a model without a KV cache (OpenAI GPT, as CDial-GPT's models are).
+            ValueError: for a model other than GPT-2 and OpenAI GPT (CDial-GPT).
         """
-        if "past_key_values" not in inspect.signature(model.forward).parameters:
-            raise ValueError(f"{type(model).__name__} has no KV cache, which batched decoding needs; serve a "
-                             "GPT-2 model (chatbot-chat still talks with this one)")
+        if model.config.model_type not in ("gpt2", "openai-gpt"):
+            raise ValueError(f"batched decoding runs GPT-2 and OpenAI GPT (CDial-GPT) models, got "
+                             f"{model.config.model_type!r}")
         self.model = model
         self.eos_id = eos_id
         self._banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=model.device)
         self._rows: list[_Row] = []
-        self._cache: DynamicCache | None = None
+        self._cache: Cache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.bool, device=model.device)  # (B, L): False = padding
 
     def __len__(self) -> int:
@@ -70,45 +92,71 @@ class BatchDecoder:
         """The rows being decoded, in batch order."""
         return [row.key for row in self._rows]
 
-    @torch.inference_mode()
     def add(self, keys: Sequence[Hashable], input_ids: Sequence[int], options: SamplingOptions,
             seeds: Sequence[int | None], *, token_type_ids: Sequence[int] | None = None,
             reply_type_id: int | None = None) -> None:
-        """Prefill `input_ids` once and add one row per key (e.g. the n choices of one request).
+        """Prefill one prompt and add one row per key: `add_many` with one `NewRows`."""
+        self.add_many([NewRows(keys, input_ids, options, seeds, token_type_ids, reply_type_id)])
 
-        Args:
-            keys: a new, unique name per row.
-            input_ids: (T,) the prompt.
-            options: sampling options of these rows (`num_candidates` is not used: one row is one reply).
-            seeds: one per key; row i samples with `torch.Generator().manual_seed(seeds[i])`, or with
-                the global generator when its seed is None.
-            token_type_ids, reply_type_id: segment ids of the prompt and of the reply, together or not at all.
+    @torch.inference_mode()
+    def add_many(self, requests: Sequence[NewRows]) -> None:
+        """Prefill several prompts in one forward pass and add their rows.
+
+        Prompts are left-padded to the longest and the padding masked, so each row's tokens are
+        those it would get alone; one pass over the weights serves them all, which on a CPU makes
+        four 64-token prompts cost about what three cost one by one.
 
         Raises:
-            ValueError: for a key already decoding, seeds not matching keys, or a prompt too long.
+            ValueError: for a key already decoding or given twice, seeds not matching keys, a
+                prompt too long, or segment ids given for some prompts and not others.
         """
-        if len(seeds) != len(keys) or not keys:
-            raise ValueError(f"need one seed per key, got {len(keys)} keys and {len(seeds)} seeds")
-        if clash := set(keys) & set(self.keys):
+        for r in requests:
+            self._check(r)
+        keys = [key for r in requests for key in r.keys]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"a key may name one row only, got {keys}")
+        if len({r.token_type_ids is None for r in requests}) > 1:
+            raise ValueError("prompts prefilled together must all have token_type_ids or none")
+        logits, cache, mask = self._prefill(requests)
+        # One cache row per choice: row i of the prefill serves every key of request i.
+        index = torch.tensor([i for i, r in enumerate(requests) for _ in r.keys], device=mask.device)
+        room = max(r.options.max_new_tokens for r in requests)
+        for layer in cache.layers:
+            layer.assign(layer.keys[index], layer.values[index], room)
+        self._join(cache, mask[index], room)
+        for i, r in enumerate(requests):
+            context = torch.as_tensor(r.input_ids, dtype=torch.long, device=mask.device)[None]  # (1, T)
+            for key, seed in zip(r.keys, r.seeds):
+                generator = None if seed is None else torch.Generator(mask.device).manual_seed(seed)
+                self._rows.append(_Row(key, context, r.options, generator, logits[i:i + 1],
+                                       torch.empty(1, 0, dtype=torch.long, device=mask.device), context.size(1),
+                                       r.reply_type_id))
+
+    def _check(self, r: NewRows) -> None:
+        if len(r.seeds) != len(r.keys) or not r.keys:
+            raise ValueError(f"need one seed per key, got {len(r.keys)} keys and {len(r.seeds)} seeds")
+        if clash := set(r.keys) & set(self.keys):
             raise ValueError(f"rows {sorted(map(str, clash))} are already decoding")
-        n_positions = self.model.config.n_positions
-        if len(input_ids) + options.max_new_tokens > n_positions:
-            raise ValueError(f"prompt ({len(input_ids)} tokens) + max_new_tokens ({options.max_new_tokens}) "
-                             f"exceeds the model's n_positions ({n_positions})")
-        if (token_type_ids is None) != (reply_type_id is None):
-            raise ValueError("token_type_ids and reply_type_id must be given together")
+        check_prompt(self.model, len(r.input_ids), r.options.max_new_tokens, r.token_type_ids, r.reply_type_id)
+
+    def _prefill(self, requests: Sequence[NewRows]) -> tuple[torch.Tensor, Cache, torch.Tensor]:
+        """Run the left-padded prompts through the model: (next-token logits (R, V), their cache, mask (R, T))."""
         device = self.model.device
-        context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
-        types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=context, token_type_ids=types, past_key_values=cache, use_cache=True,
-                            logits_to_keep=1).logits[:, -1]  # (1, V)
-        cache.batch_repeat_interleave(len(keys))
-        self._join(cache, torch.ones(len(keys), context.size(1), dtype=torch.bool, device=device))
-        for key, seed in zip(keys, seeds):
-            generator = None if seed is None else torch.Generator(device).manual_seed(seed)
-            self._rows.append(_Row(key, context, options, generator, logits,
-                                   torch.empty(1, 0, dtype=torch.long, device=device), context.size(1), reply_type_id))
+        length = max(len(r.input_ids) for r in requests)
+        ids = torch.zeros(len(requests), length, dtype=torch.long, device=device)
+        types = None if requests[0].token_type_ids is None else torch.zeros_like(ids)
+        mask = torch.zeros(len(requests), length, dtype=torch.bool, device=device)
+        for i, r in enumerate(requests):
+            start = length - len(r.input_ids)
+            ids[i, start:] = torch.as_tensor(r.input_ids, device=device)
+            mask[i, start:] = True
+            if types is not None:
+                types[i, start:] = torch.as_tensor(r.token_type_ids, device=device)
+        cache = preallocated_cache(self.model.config.num_hidden_layers, length)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits = next_logits(self.model, ids, cache, token_type_ids=types, position_ids=positions,
+                             attention_mask=None if mask.all() else mask)  # (R, V)
+        return logits, cache, mask
 
     def remove(self, key: Hashable) -> None:
         """Stop decoding `key` now (a cancelled request, a stop string); unknown keys are ignored."""
@@ -153,24 +201,27 @@ class BatchDecoder:
         if self._rows[0].reply_type_id is not None:
             types = torch.tensor([[row.reply_type_id] for row in self._rows], device=device)
         self._mask = F.pad(self._mask, (0, 1), value=True)  # (B, L + 1)
-        # A 4-D mask is used as given: every row sees its own tokens and none of the padding.
-        logits = self.model(input_ids=input_ids, position_ids=positions, token_type_ids=types,
-                            attention_mask=self._mask[:, None, None, :], past_key_values=self._cache,
-                            use_cache=True).logits[:, -1]  # (B, V)
+        logits = next_logits(self.model, input_ids, self._cache, token_type_ids=types, position_ids=positions,
+                             attention_mask=self._mask)  # (B, V)
         for row, row_logits in zip(self._rows, logits):
             row.logits = row_logits[None]
             row.position += 1
 
-    def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append a prefilled cache's rows, left-padding whichever side is shorter."""
+    def _join(self, cache: Cache, mask: torch.Tensor, room: int) -> None:
+        """Append a prefilled cache's rows (which may generate `room` tokens), left-padding the shorter side."""
         if self._cache is None:
             self._cache, self._mask = cache, mask
             return
         length = max(self._mask.size(1), mask.size(1))
+        room = max(room, self._room())
         for mine, new in zip(self._cache.layers, cache.layers):
-            mine.keys = torch.cat([_pad_left(mine.keys, length), _pad_left(new.keys, length)])
-            mine.values = torch.cat([_pad_left(mine.values, length), _pad_left(new.values, length)])
+            mine.assign(torch.cat([_pad_left(mine.keys, length), _pad_left(new.keys, length)]),
+                        torch.cat([_pad_left(mine.values, length), _pad_left(new.values, length)]), room)
         self._mask = torch.cat([_pad_left(self._mask, length), _pad_left(mask, length)])
+
+    def _room(self) -> int:
+        """Tokens the cache must still take: the most any row may yet generate."""
+        return max(row.options.max_new_tokens - row.generated.size(1) for row in self._rows) if self._rows else 0
 
     def _keep(self, indices: list[int]) -> None:
         """Keep only these rows, and drop the cache columns that are padding in every row left."""
@@ -183,9 +234,9 @@ class BatchDecoder:
         index = torch.tensor(indices, device=self._mask.device)
         start = int(self._mask[index].any(0).nonzero()[0])
         self._mask = self._mask[index, start:]
+        room = self._room()
         for layer in self._cache.layers:
-            layer.keys = layer.keys[index, :, start:]
-            layer.values = layer.values[index, :, start:]
+            layer.assign(layer.keys[index, :, start:], layer.values[index, :, start:], room)
 
 
 def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:

@@ -270,7 +270,7 @@ class ChatBot:
         """A decoder of many replies at once (what `chatbot-serve` runs), with this bot's model and bans.
 
         Raises:
-            ValueError: for a model without a KV cache (CDial-GPT's OpenAI GPT), which it cannot batch.
+            ValueError: for a model that is neither GPT-2 nor OpenAI GPT (CDial-GPT).
         """
         return BatchDecoder(self._forward.model, eos_id=self.tokenizer.sep_token_id, banned_ids=self._banned)
 

@@ -15,11 +15,15 @@ import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from chatbot.batching import BatchDecoder
+from chatbot.batching import BatchDecoder, NewRows
 from chatbot.bot import Prompt
 from chatbot.options import SamplingOptions
 
 log = logging.getLogger(__name__)
+
+# Prompts prefilled in one forward pass hold at most this many tokens, padding included: enough
+# that a CPU's matmuls run at full speed, few enough that the running replies pause briefly.
+PREFILL_TOKENS = 2048
 
 
 class QueueFull(Exception):
@@ -108,8 +112,8 @@ class Engine:
             for job_id, choice in removals:
                 self._decoder.remove((job_id, choice))
                 self._end_row(job_id, choice, "cancelled")
-            for job in admitted:
-                self._prefill(job)
+            for group in _prefill_groups(admitted):
+                self._prefill(group)
             if len(self._decoder):
                 self._step()
 
@@ -124,14 +128,18 @@ class Engine:
             admitted.append(job)
         return admitted
 
-    def _prefill(self, job: Job) -> None:
-        p = job.prompt
+    def _prefill(self, jobs: list[Job]) -> None:
         try:
-            self._decoder.add([(job.id, i) for i in range(len(job.seeds))], p.input_ids, job.options, job.seeds,
-                              token_type_ids=p.token_type_ids, reply_type_id=p.reply_type_id)
-        except Exception as e:  # noqa: BLE001 - the request fails, the server goes on
-            log.exception("prefill failed")
-            self._fail([job.id], e)
+            self._decoder.add_many([_rows(job) for job in jobs])
+            return
+        except Exception as e:  # noqa: BLE001 - the requests fail, the server goes on
+            error = e
+        if len(jobs) > 1:  # one bad request must not fail the others: try each alone
+            for job in jobs:
+                self._prefill([job])
+            return
+        log.error("prefill failed", exc_info=error)
+        self._fail([jobs[0].id], error)
 
     def _step(self) -> None:
         try:
@@ -173,3 +181,24 @@ class Engine:
             job.loop.call_soon_threadsafe(job.events.put_nowait, event)
         except RuntimeError:  # the event loop is closed: the server is shutting down
             pass
+
+
+def _rows(job: Job) -> NewRows:
+    p = job.prompt
+    return NewRows([(job.id, i) for i in range(len(job.seeds))], p.input_ids, job.options, job.seeds,
+                   p.token_type_ids, p.reply_type_id)
+
+
+def _prefill_groups(jobs: list[Job]) -> list[list[Job]]:
+    """Split jobs, in order, into groups whose left-padded prompts hold at most PREFILL_TOKENS tokens."""
+    groups: list[list[Job]] = []
+    longest = 0
+    for job in jobs:
+        length = len(job.prompt.input_ids)
+        if groups and max(longest, length) * (len(groups[-1]) + 1) <= PREFILL_TOKENS:
+            groups[-1].append(job)
+            longest = max(longest, length)
+        else:
+            groups.append([job])
+            longest = length
+    return groups

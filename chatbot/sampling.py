@@ -12,9 +12,10 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
 from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
 
 from chatbot.kvcache import preallocated_cache
-from chatbot.openai_gpt import OpenAIGPTCache
+from chatbot.openai_gpt import openai_gpt_logits
 from chatbot.options import check_options
 
 
@@ -55,10 +56,17 @@ def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: 
     Returns:
         (B,) token ids.
     """
-    check_options(temperature=temperature)
+    check_options(temperature=temperature, top_k=top_k)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        # Drawing among the k best is the distribution `filter_logits` leaves, but the softmax and
+        # the draw touch k scores instead of the whole vocabulary (a server draws for many rows).
+        best, candidates = torch.topk(logits, top_k, dim=-1)  # (B, k)
+        probs = filter_logits(best, top_p=top_p).softmax(dim=-1)
+        return candidates.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
+    probs = filter_logits(logits, top_p=top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -108,6 +116,39 @@ def adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repet
     return logits
 
 
+def next_logits(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache, *,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The (B, V) logits of the token after (B, T) `input_ids`, read after the tokens in `cache` (updated).
+
+    Args:
+        model: GPT-2, or OpenAI GPT (CDial-GPT), which transformers runs without a cache.
+        position_ids: (B, T); by default the positions after the cached tokens.
+        attention_mask: (B, cached + T) bool, False where a row is padded; None: no padding.
+    """
+    if model.config.model_type == "openai-gpt":
+        return openai_gpt_logits(model, input_ids, cache, token_type_ids=token_type_ids, position_ids=position_ids,
+                                 attention_mask=attention_mask)
+    if attention_mask is not None and input_ids.size(1) == 1:
+        # One new token may see every unpadded one; transformers uses a 4-D mask as given
+        # instead of building one each step.
+        attention_mask = attention_mask[:, None, None, :]
+    return model(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                 attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+                 logits_to_keep=1).logits[:, -1]
+
+
+def check_prompt(model: PreTrainedModel, length: int, max_new_tokens: int, token_type_ids, reply_type_id) -> None:
+    """Refuse a prompt of `length` tokens that cannot be continued by `max_new_tokens` within the
+    model's positions, or segment ids for the prompt without the reply's (or the other way round)."""
+    n_positions = model.config.n_positions
+    if length + max_new_tokens > n_positions:
+        raise ValueError(f"context ({length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"model's n_positions ({n_positions}); shorten the context or max_new_tokens")
+    if (token_type_ids is None) != (reply_type_id is None):
+        raise ValueError("token_type_ids and reply_type_id must be given together")
+
+
 @torch.inference_mode()
 def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Tensor, *, max_new_tokens: int,
                     eos_id: int, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -143,12 +184,7 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
     check_options(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                   penalize_context=penalize_context, no_repeat_ngram_size=no_repeat_ngram_size,
                   min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens, num_candidates=num_candidates)
-    n_positions = model.config.n_positions
-    if len(input_ids) + max_new_tokens > n_positions:
-        raise ValueError(f"context ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                         f"model's n_positions ({n_positions}); shorten the context or max_new_tokens")
-    if (token_type_ids is None) != (reply_type_id is None):
-        raise ValueError("token_type_ids and reply_type_id must be given together")
+    check_prompt(model, len(input_ids), max_new_tokens, token_type_ids, reply_type_id)
     device = model.device
     context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
     types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
@@ -176,24 +212,15 @@ def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor 
              n: int, max_new_tokens: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
     """A function from the tokens generated so far, (N, step) or None before the first, to the
     (N, V) logits of the next token of each of the N candidates, feeding the model only new tokens."""
-    if model.config.model_type == "openai-gpt":  # CDial-GPT: transformers gives it no KV cache
-        gpt_cache = OpenAIGPTCache(model)
-        forward, repeat = gpt_cache.next_logits, gpt_cache.repeat
-    else:
-        # Room for the context and every new token: steps write in place (see chatbot.kvcache).
-        cache = preallocated_cache(model.config.num_hidden_layers, context.size(1) + max_new_tokens)
-        repeat = cache.batch_repeat_interleave
-
-        def forward(ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-            return model(input_ids=ids, token_type_ids=token_type_ids, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1).logits[:, -1]
+    # Room for the context and every new token: steps write in place (see chatbot.kvcache).
+    cache = preallocated_cache(model.config.num_hidden_layers, context.size(1) + max_new_tokens)
     reply_types = None if reply_type_id is None else torch.full((n, 1), reply_type_id, device=context.device)
 
     def step(generated: torch.Tensor | None) -> torch.Tensor:
         if generated is None:
             # Prefill once with batch 1, then copy the cache per candidate: cheaper than N prefills.
-            logits = forward(context, types)  # (1, V)
-            repeat(n)
+            logits = next_logits(model, context, cache, token_type_ids=types)  # (1, V)
+            cache.batch_repeat_interleave(n)
             return logits.expand(n, -1)
-        return forward(generated[:, -1:], reply_types)
+        return next_logits(model, generated[:, -1:], cache, token_type_ids=reply_types)
     return step

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from chatbot.batching import BatchDecoder
+from chatbot.batching import BatchDecoder, NewRows
 from chatbot.options import SamplingOptions
 from chatbot.sampling import generate_tokens
 
@@ -83,7 +83,44 @@ def test_speaker_segment_ids_follow_each_row(tiny_model):
     assert [out[i] for i in range(3)] == [alone(tiny_model, p, options, i, t, r) for i, (p, t, r) in enumerate(rows)]
 
 
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_prompts_prefilled_together_decode_as_they_would_alone(tiny_model, setting):
+    options = SamplingOptions(max_new_tokens=12, **SETTINGS[setting])
+    decoder = BatchDecoder(tiny_model, eos_id=EOS, banned_ids=BANNED)
+    decoder.add(["early"], PROMPTS[1], options, [9])
+    out = {key: [token_id] for key, token_id, _ in decoder.step()}
+    # Four prompts of 4 to 14 tokens in one padded forward pass, one of them as two choices.
+    decoder.add_many([NewRows(["a"], PROMPTS[0], options, [100]), NewRows(["b0", "b1"], PROMPTS[3], options, [1, 2]),
+                      NewRows(["c"], PROMPTS[2], options, [102])])
+    assert decoder.keys == ["early", "a", "b0", "b1", "c"]
+    assert all(layer.keys.isfinite().all() for layer in decoder._cache.layers)
+    while len(decoder):
+        for key, token_id, _ in decoder.step():
+            out.setdefault(key, []).append(token_id)
+    assert out["a"] == alone(tiny_model, PROMPTS[0], options, 100)
+    assert out["b0"] == alone(tiny_model, PROMPTS[3], options, 1)
+    assert out["b1"] == alone(tiny_model, PROMPTS[3], options, 2)
+    assert out["c"] == alone(tiny_model, PROMPTS[2], options, 102)
+    assert out["early"] == alone(tiny_model, PROMPTS[1], options, 9)
+
+
+def test_segment_ids_are_padded_with_their_prompts(tiny_model):
+    options = SamplingOptions(top_k=0, max_new_tokens=8)
+    decoder = BatchDecoder(tiny_model, eos_id=EOS, banned_ids=BANNED)
+    rows = [(PROMPTS[0], [5, 5, 5, 5], 6), (PROMPTS[1], [5] * 7 + [6] * 3, 5)]
+    decoder.add_many([NewRows([i], p, options, [i], t, r) for i, (p, t, r) in enumerate(rows)])
+    out = {}
+    while len(decoder):
+        for key, token_id, _ in decoder.step():
+            out.setdefault(key, []).append(token_id)
+    assert [out[0], out[1]] == [alone(tiny_model, p, options, i, t, r) for i, (p, t, r) in enumerate(rows)]
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda d, o: d.add_many([NewRows(["a"], PROMPTS[0], o, [1]), NewRows(["a"], PROMPTS[1], o, [2])]),
+     "a key may name one row only"),
+    (lambda d, o: d.add_many([NewRows(["a"], PROMPTS[0], o, [1]), NewRows(["b"], [2, 3], o, [2], [5, 5], 6)]),
+     "must all have token_type_ids or none"),
     (lambda d, o: d.add(["a"], PROMPTS[0], o, [1, 2]), "one seed per key"),
     (lambda d, o: d.add(["x"], PROMPTS[0], o, [1]), "already decoding"),
     (lambda d, o: d.add(["b"], list(range(60)), o, [1]), "exceeds the model's n_positions"),
@@ -96,10 +133,10 @@ def test_bad_rows_are_refused_naming_the_problem(tiny_model, call, message):
         call(decoder, options)
 
 
-def test_a_model_without_kv_cache_is_refused_by_name(tokenizer):
-    from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+def test_a_model_of_another_architecture_is_refused_by_name(tokenizer):
+    from transformers import BertConfig, BertLMHeadModel
 
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tokenizer), n_positions=16, n_embd=8, n_layer=1,
-                                                 n_head=2))
-    with pytest.raises(ValueError, match="OpenAIGPTLMHeadModel has no KV cache"):
+    model = BertLMHeadModel(BertConfig(vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=8, is_decoder=True))
+    with pytest.raises(ValueError, match="runs GPT-2 and OpenAI GPT .* got 'bert'"):
         BatchDecoder(model, eos_id=EOS)

@@ -19,8 +19,20 @@ def test_steps_write_into_one_buffer_and_return_the_filled_part():
     layer.batch_repeat_interleave(3)
     assert layer.keys.shape == (3, 2, 4, 4) and torch.equal(layer.keys[2], keys[0])
     layer.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4))
-    with pytest.raises(ValueError, match="the KV cache holds 5 tokens; 6 were given"):
-        layer.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4))
+    keys, _ = layer.update(torch.ones(3, 2, 1, 4), torch.ones(3, 2, 1, 4))  # full: the buffer doubles
+    assert layer.capacity == 10 and keys.shape == (3, 2, 6, 4)
+    assert torch.equal(keys[1, :, :4], torch.cat([prefill, step], 2)[0]) and keys[:, :, 5].eq(1).all()
+
+
+def test_assign_keeps_a_copy_with_room_to_grow():
+    layer = PreallocatedLayer(capacity=1)
+    keys = torch.arange(2 * 1 * 3 * 2.0).view(2, 1, 3, 2)
+    layer.assign(keys, -keys, room=2)
+    keys.zero_()  # a copy: the caller's tensor is not the buffer
+    assert layer.capacity == 5 and layer.get_seq_length() == 3 and layer.keys[1, 0, 2].tolist() == [10.0, 11.0]
+    buffer = layer.keys.data_ptr()
+    layer.update(torch.ones(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
+    assert layer.keys.data_ptr() == buffer and layer.values[0, 0, :, 0].tolist() == [-0.0, -2.0, -4.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("options", [{"temperature": 0}, {"top_k": 5, "num_candidates": 3}])

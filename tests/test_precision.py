@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 from torch import nn
+from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
 from chatbot import precision, train
@@ -85,6 +86,7 @@ def test_prepare_model_converts_the_linear_layers(tiny_model):
         bf16 = prepare_model(tiny_model, "bf16")
         assert not any(isinstance(m, Conv1D) for m in bf16.modules())
         assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+        assert [type(block.mlp.act) for block in bf16.transformer.h] == [nn.GELU, nn.GELU]
         torch.testing.assert_close(bf16(ids).logits.float(), reference, atol=0.05, rtol=0.05)
         int8 = prepare_model(bf16.float(), "int8")
         # 4 linear layers per block and lm_head, all quantized
@@ -120,6 +122,15 @@ def test_chat_rejects_an_unknown_dtype_before_loading(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         chat_main(["--model", str(tmp_path / "absent"), "--dtype", "fp64"])
     assert e.value.code == 2 and "--dtype" in capsys.readouterr().err
+
+
+def test_fused_gelu_computes_what_gelu_new_did():
+    x = torch.linspace(-6, 6, 1001)
+    holder = nn.Sequential(NewGELUActivation())
+    expected = holder(x)
+    precision.fuse_gelu(holder)
+    assert type(holder[0]) is nn.GELU
+    torch.testing.assert_close(holder(x), expected)
 
 
 def test_linear_conversion_computes_what_conv1d_did():

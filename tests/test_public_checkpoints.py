@@ -78,18 +78,58 @@ def test_chatting_with_a_cdial_folder_uses_its_layout(cdial_dir):
 
 
 def test_the_openai_gpt_kv_cache_gives_the_models_own_logits(cdial_dir):
-    from chatbot.openai_gpt import OpenAIGPTCache
+    from chatbot.kvcache import preallocated_cache
+    from chatbot.openai_gpt import openai_gpt_logits
 
     model = load_model(cdial_dir)[0]
     ids = torch.tensor([[CLS, SPK1, 4, 5, 6, SPK2, 7, 8, 9]])
     types = torch.tensor([[CLS, SPK1, SPK1, SPK1, SPK1, SPK2, SPK2, SPK2, SPK2]])
-    cache = OpenAIGPTCache(model)
-    steps = [cache.next_logits(ids[:, :6], types[:, :6])] + [cache.next_logits(ids[:, t:t + 1], types[:, t:t + 1])
-                                                             for t in range(6, 9)]
+    cache = preallocated_cache(2, 9)
+    steps = [openai_gpt_logits(model, ids[:, :6], cache, token_type_ids=types[:, :6])]
+    steps += [openai_gpt_logits(model, ids[:, t:t + 1], cache, token_type_ids=types[:, t:t + 1]) for t in range(6, 9)]
     with torch.inference_mode():
         full = model(input_ids=ids, token_type_ids=types).logits[0]
     for t, logits in zip(range(5, 9), steps):
         torch.testing.assert_close(logits[0], full[t], rtol=1e-4, atol=1e-4)
+
+
+def test_openai_gpt_padding_is_masked(cdial_dir):
+    from chatbot.kvcache import preallocated_cache
+    from chatbot.openai_gpt import openai_gpt_logits
+
+    model = load_model(cdial_dir)[0]
+    ids = torch.tensor([[CLS, SPK1, 4, 5, SPK2]])
+    padded = torch.tensor([[PAD, PAD, PAD, CLS, SPK1, 4, 5, SPK2]])
+    mask = padded != PAD
+    alone = openai_gpt_logits(model, ids, preallocated_cache(2, 5))
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    torch.testing.assert_close(openai_gpt_logits(model, padded, preallocated_cache(2, 8), position_ids=positions,
+                                                 attention_mask=mask), alone)
+    # Unmasked, the padding changes the logits (so the check above can fail).
+    seen = openai_gpt_logits(model, padded, preallocated_cache(2, 8), position_ids=positions)
+    assert not torch.allclose(seen, alone, atol=1e-3)
+
+
+def test_cdial_replies_batched_are_the_replies_alone(cdial_dir):
+    from chatbot.batching import BatchDecoder, NewRows
+    from chatbot.options import SamplingOptions
+    from chatbot.sampling import generate_tokens
+
+    model = load_model(cdial_dir)[0]
+    prompts = [([CLS, SPK1, 4, 5, SPK2], [CLS, SPK1, SPK1, SPK1, SPK2]),
+               ([CLS, SPK1, 9, SPK2, 7, 8, 10, SPK1, 4, SPK2], [CLS] + [SPK1] * 2 + [SPK2] * 4 + [SPK1] * 2 + [SPK2])]
+    options = SamplingOptions(temperature=0.9, top_k=0, max_new_tokens=6, min_new_tokens=6)
+    fields = {k: v for k, v in vars(options).items() if k != "num_candidates"}
+    alone = [[step[0] for step in generate_tokens(model, ids, eos_id=SEP, token_type_ids=types, reply_type_id=SPK2,
+                                                  generator=torch.Generator().manual_seed(i), **fields)]
+             for i, (ids, types) in enumerate(prompts)]
+    decoder = BatchDecoder(model, eos_id=SEP)
+    decoder.add_many([NewRows([i], ids, options, [i], types, SPK2) for i, (ids, types) in enumerate(prompts)])
+    out = {0: [], 1: []}
+    while len(decoder):
+        for key, token_id, _ in decoder.step():
+            out[key].append(token_id)
+    assert [out[0], out[1]] == alone and alone[0] != alone[1]
 
 
 def test_greedy_cdial_reply_matches_a_step_by_step_argmax(cdial_dir):
@@ -277,3 +317,19 @@ def test_preprocess_and_eval_read_a_cdial_folder_as_the_model_does(cdial_dir, tm
                             sampling={"max_new_tokens": 3})
     assert report["perplexity"]["tokens"] == 8 + 6  # every turn's tokens and the final [SEP], no speaker token
     assert report["samples"]["sampled"][0]["history"] == ["你好ab"]
+
+
+def test_chatbot_serve_serves_a_cdial_folder_in_its_layout(cdial_dir):
+    import httpx
+
+    from tests.serving import serve
+
+    bot = ChatBot.from_pretrained(cdial_dir, device="cpu", max_new_tokens=5)
+    messages = [{"role": "user", "content": "谢谢"}, {"role": "assistant", "content": "很好"},
+                {"role": "user", "content": "你好"}]
+    with serve(bot) as url:
+        reply = httpx.post(f"{url}/v1/chat/completions", json={"messages": messages, "seed": 4, "temperature": 0.9},
+                           timeout=30).json()
+    # [CLS] [speaker1] 谢谢 [speaker2] 很好 [speaker1] 你好 [speaker2]: CDial-GPT's layout, as in chat
+    assert reply["usage"]["prompt_tokens"] == 11 and reply["usage"]["completion_tokens"] == 5
+    assert reply["choices"][0]["message"]["content"] == bot.reply("你好", ["谢谢", "很好"], seed=4, temperature=0.9)
