@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from chatbot.distributed import DistInfo, main_process_first
 from chatbot.fileio import check_output_dir, clear_outputs, recover_stale_in, remove_dir, stale_target
 from chatbot.fileio import atomic_dir as _atomic_dir
 from chatbot.modeling import TRAINING_ARGS, check_model_dir, first_line, nonfinite_parameters, save_model
@@ -119,6 +120,19 @@ def _restart_hint(output_dir: Path) -> str:
         return (f"The last good checkpoint is {good[-1]}: resume from it with --resume {good[-1]} and a lower "
                 "--lr (or more --warmup-steps).")
     return "No checkpoint was saved before: start again with a lower --lr (or more --warmup-steps)."
+
+
+def open_output_dir(output_dir: str | Path, *, resume: str | None, overwrite: bool,
+                    info: DistInfo) -> tuple[Path, Path | None]:
+    """`prepare_output_dir`, then `resolve_resume`: (--output-dir, the checkpoint to resume from or None).
+
+    Rank 0 prepares first: only once it has repaired what a killed save left (put a `.checkpoint-N.old`
+    back under its name, say) do the other ranks look for the newest checkpoint. Looking meanwhile, they
+    could pick an older one than rank 0 and train from another step.
+    """
+    with main_process_first(info):
+        path = prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, is_main=info.is_main)
+    return path, resolve_resume(resume, path, quiet=not info.is_main)
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

@@ -27,9 +27,8 @@ from chatbot.checkpoint import (
     check_finite_loss,
     check_finite_weights,
     load_state,
-    prepare_output_dir,
+    open_output_dir,
     publish_model,
-    resolve_resume,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -149,8 +148,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 def setup(cfg: TrainConfig) -> Run:
     """Build the model, data, optimizer and log; restore a checkpoint when resuming. Fails before any step."""
     info, device = setup_distributed(cfg.device)
-    output_dir = prepare_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=info.is_main)
-    resume_dir = resolve_resume(cfg.resume, output_dir, quiet=not info.is_main)
+    output_dir, resume_dir = open_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, info=info)
     _seed_everything(cfg.seed + info.rank)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, tokenizer, source, layout = setup_model(resume_dir=resume_dir, pretrained=cfg.pretrained, config=cfg.config,

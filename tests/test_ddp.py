@@ -1,8 +1,11 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from chatbot.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +30,40 @@ def test_two_process_gloo_training_agrees_and_saves_once(tmp_path, vocab_file):
     assert checkpoints == ["checkpoint-4", "checkpoint-8"]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 9))  # one writer: rank 0
+
+
+# Each rank: open --output-dir with --resume auto and write down the checkpoint it would resume from.
+# Rank 0's repair is slowed down, so a rank that does not wait for it lists the folder before it is repaired.
+RESUME_RANK = r"""
+import os, sys, time
+from pathlib import Path
+import chatbot.checkpoint as checkpoint
+from chatbot.distributed import cleanup, setup_distributed
+info, _ = setup_distributed("cpu")
+if info.is_main:
+    repair = checkpoint.recover_stale_in
+    checkpoint.recover_stale_in = lambda *args: (time.sleep(1), repair(*args))[1]
+_, resume_dir = checkpoint.open_output_dir(sys.argv[1], resume="auto", overwrite=False, info=info)
+Path(sys.argv[2], f"rank{info.rank}").write_text(resume_dir.name)
+cleanup()
+"""
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_0_puts_back(tmp_path, tiny_model, tokenizer):
+    out = tmp_path / "out"
+    state = {"optimizer": {}, "scheduler": {}, "scaler": {}, "progress": {}, "rng": []}
+    for step in (2, 4):
+        save_checkpoint(out, step, tiny_model, tokenizer, {}, state)
+    # Killed while replacing checkpoint-4, between its two renames: only `.checkpoint-4.old` is left.
+    (out / "checkpoint-4").rename(out / ".checkpoint-4.old")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               WORLD_SIZE="2")
+    ranks = [subprocess.Popen([sys.executable, "-c", RESUME_RANK, str(out), str(tmp_path)], stderr=subprocess.PIPE,
+                              text=True, env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in (0, 1)]
+    errors = [rank.communicate(timeout=120)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], errors
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["checkpoint-4", "checkpoint-4"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "checkpoint-4"]
