@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -32,6 +33,16 @@ def one_error(capsys) -> str:
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert "Traceback" not in err and len(errors) == 1, err
     return errors[0]
+
+
+# `"n_layer": "two"`: transformers' strict configs (newer 5.x) reject the type with their own message;
+# transformers 5.3 lets it through to chatbot's check_gpt2_config. Either way one line names field and value.
+WRONG_TYPE = r"(Validation error for field 'n_layer': TypeError: Field 'n_layer' expected int|" \
+             r"n_layer must be a positive integer, got 'two')"
+
+
+def says(line: str, message: str | re.Pattern) -> bool:
+    return bool(message.search(line)) if isinstance(message, re.Pattern) else message in line
 
 
 def train_args(corpus, model_config, vocab_file, out, *extra):
@@ -137,7 +148,7 @@ def _nan_weights(path):
     ("model.safetensors", _nan_weights, "weight tensors hold NaN or inf"),
     ("config.json", lambda p: p.write_text('{"n_layer": 2,'), "config.json is not a valid JSON model config"),
     ("config.json", lambda p: p.write_text(p.read_text().replace('"n_layer": 2', '"n_layer": "two"')),
-     "config.json is not a valid gpt2 config (Validation error for field 'n_layer'"),
+     re.compile(r"config\.json( is not a valid gpt2 config \(|: )" + WRONG_TYPE)),
     ("config.json", lambda p: p.write_text(p.read_text().replace('"n_layer": 2', '"n_layer": -1')),
      "config.json: n_layer must be a positive integer, got -1"),
     ("training_args.json", lambda p: p.write_text("{"), "training_args.json is not a valid JSON training arguments"),
@@ -146,7 +157,7 @@ def test_damaged_model_folder_is_named(tiny_model_dir, corpus, capsys, file, dam
     damage(tiny_model_dir / file)
     assert eval_main(["--model", str(tiny_model_dir), "--data", str(corpus), "--no-generate", "--quiet"]) == 2
     line = one_error(capsys)
-    assert str(tiny_model_dir) in line and message in line
+    assert str(tiny_model_dir) in line and says(line, message)
 
 
 def test_an_internal_bug_says_so_and_debug_shows_the_traceback(tiny_model_dir, corpus, capsys, monkeypatch):
@@ -161,14 +172,14 @@ def test_an_internal_bug_says_so_and_debug_shows_the_traceback(tiny_model_dir, c
 # --- chatbot-train ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config, message", [
-    ({"n_layer": "two"}, "tiny.json: Validation error for field 'n_layer': TypeError: Field 'n_layer' expected int"),
+    ({"n_layer": "two"}, re.compile(r"tiny\.json: " + WRONG_TYPE)),
     ({"n_layer": -1}, "tiny.json: n_layer must be a positive integer, got -1"),
     ({"attn_pdrop": 2}, "tiny.json: attn_pdrop must be a number in [0, 1], got 2"),
 ])
 def test_model_config_values_are_checked(corpus, model_config, vocab_file, tmp_path, capsys, config, message):
     model_config.write_text(json.dumps({"n_embd": 32, "n_head": 2, "n_positions": 64, "n_layer": 2, **config}))
     assert train_main(train_args(corpus, model_config, vocab_file, tmp_path / "out")) == 2
-    assert message in one_error(capsys)
+    assert says(one_error(capsys), message)
 
 
 @pytest.mark.parametrize("make, message", [
