@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -18,6 +17,7 @@ from chatbot.data import LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
 from chatbot.fileio import atomic_write_text
 from chatbot.layout import IGNORE_INDEX, MAX_HISTORY, split_turns
+from chatbot.loss import next_token_loss
 from chatbot.metrics import reply_metrics
 from chatbot.tokenization import decode_ids
 
@@ -42,10 +42,7 @@ def evaluate_loss(model, dataset, collate, *, batch_size: int, device: torch.dev
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         with amp:
-            logits = model(**batch).logits
-        # Position t predicts token t + 1, as in the model's own loss.
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = next_token_loss(model, labels, reduction="sum", **batch)
         total += loss.item()
         count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     total, count = all_reduce_sum([total, float(count)], device)

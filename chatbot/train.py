@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from chatbot.allocator import keep_freed_memory
 from chatbot.checkpoint import (
     check_finite_loss,
     check_finite_weights,
@@ -47,6 +48,7 @@ from chatbot.distributed import (
 from chatbot.evaluate import evaluate_loss
 from chatbot.export import write_model_card
 from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
+from chatbot.loss import NextTokenLoss
 from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
 from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
 from chatbot.precision import cpu_supports
@@ -95,7 +97,7 @@ class Run:
     cfg: TrainConfig
     info: DistInfo
     device: torch.device
-    model: torch.nn.Module  # what the loop calls: compiled and/or wrapped in DDP
+    model: torch.nn.Module  # what the loop calls: NextTokenLoss(raw_model), compiled and/or wrapped in DDP
     raw_model: PreTrainedModel  # what is saved
     tokenizer: object
     training_args: dict  # the options plus what was derived from them, saved beside the weights
@@ -149,6 +151,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 def setup(cfg: TrainConfig) -> Run:
     """Build the model, data, optimizer and log; restore a checkpoint when resuming. Fails before any step."""
     info, device = setup_distributed(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # a third of a small model's CPU step went into page faults without it
     output_dir = prepare_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=info.is_main)
     resume_dir = resolve_resume(cfg.resume, output_dir, quiet=not info.is_main)
     _seed_everything(cfg.seed + info.rank)
@@ -284,6 +288,7 @@ def _place_model(model, cfg: TrainConfig, info: DistInfo, device: torch.device):
     model.to(device).train()
     raw_model = model
     autocast_dtype, use_scaler, precision = resolve_precision(cfg.precision, device)
+    model = NextTokenLoss(raw_model)
     if cfg.compile:
         model = torch.compile(model)
     if info.enabled:
@@ -385,7 +390,7 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> None:
     no_sync = run.model.no_sync() if run.info.enabled and not sync else nullcontext()
     amp = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else nullcontext()
     with no_sync, amp:
-        loss = run.model(**batch).loss
+        loss = run.model(**batch)
     # Accumulated micro-batches each weigh 1/grad_accum of the step.
     run.scaler.scale(loss / run.cfg.grad_accum).backward()
     run.window.loss += loss.detach() * n_labels
