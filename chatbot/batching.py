@@ -117,12 +117,13 @@ class BatchDecoder:
             raise ValueError(f"a key may name one row only, got {keys}")
         if len({r.token_type_ids is None for r in requests}) > 1:
             raise ValueError("prompts prefilled together must all have token_type_ids or none")
-        logits, cache, mask = self._prefill(requests)
+        room = max(r.options.max_new_tokens for r in requests)
+        logits, cache, mask = self._prefill(requests, room)
         # One cache row per choice: row i of the prefill serves every key of request i.
         index = torch.tensor([i for i, r in enumerate(requests) for _ in r.keys], device=mask.device)
-        room = max(r.options.max_new_tokens for r in requests)
-        for layer in cache.layers:
-            layer.assign(layer.keys[index], layer.values[index], room)
+        if len(index) > len(requests):
+            for layer in cache.layers:
+                layer.select(index)
         self._join(cache, mask[index], room)
         for i, r in enumerate(requests):
             context = torch.as_tensor(r.input_ids, dtype=torch.long, device=mask.device)[None]  # (1, T)
@@ -139,8 +140,9 @@ class BatchDecoder:
             raise ValueError(f"rows {sorted(map(str, clash))} are already decoding")
         check_prompt(self.model, len(r.input_ids), r.options.max_new_tokens, r.token_type_ids, r.reply_type_id)
 
-    def _prefill(self, requests: Sequence[NewRows]) -> tuple[torch.Tensor, Cache, torch.Tensor]:
-        """Run the left-padded prompts through the model: (next-token logits (R, V), their cache, mask (R, T))."""
+    def _prefill(self, requests: Sequence[NewRows], room: int) -> tuple[torch.Tensor, Cache, torch.Tensor]:
+        """Run the left-padded prompts through the model: (next-token logits (R, V), their cache with
+        room for `room` more tokens, mask (R, T))."""
         device = self.model.device
         length = max(len(r.input_ids) for r in requests)
         ids = torch.zeros(len(requests), length, dtype=torch.long, device=device)
@@ -152,7 +154,8 @@ class BatchDecoder:
             mask[i, start:] = True
             if types is not None:
                 types[i, start:] = torch.as_tensor(r.token_type_ids, device=device)
-        cache = preallocated_cache(self.model.config.num_hidden_layers, length)
+        # With room for the longest reply, this cache can become the batch's as it is.
+        cache = preallocated_cache(self.model.config.num_hidden_layers, length + room)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         logits = next_logits(self.model, ids, cache, token_type_ids=types, position_ids=positions,
                              attention_mask=None if mask.all() else mask)  # (R, V)
@@ -208,15 +211,14 @@ class BatchDecoder:
             row.position += 1
 
     def _join(self, cache: Cache, mask: torch.Tensor, room: int) -> None:
-        """Append a prefilled cache's rows (which may generate `room` tokens), left-padding the shorter side."""
+        """Append a prefilled cache's rows (which may yet take `room` tokens), left-padding the shorter side."""
         if self._cache is None:
             self._cache, self._mask = cache, mask
             return
-        length = max(self._mask.size(1), mask.size(1))
         room = max(room, self._room())
         for mine, new in zip(self._cache.layers, cache.layers):
-            mine.assign(torch.cat([_pad_left(mine.keys, length), _pad_left(new.keys, length)]),
-                        torch.cat([_pad_left(mine.values, length), _pad_left(new.values, length)]), room)
+            mine.stack(new, room)
+        length = max(self._mask.size(1), mask.size(1))
         self._mask = torch.cat([_pad_left(self._mask, length), _pad_left(mask, length)])
 
     def _room(self) -> int:
@@ -234,14 +236,10 @@ class BatchDecoder:
         index = torch.tensor(indices, device=self._mask.device)
         start = int(self._mask[index].any(0).nonzero()[0])
         self._mask = self._mask[index, start:]
-        room = self._room()
         for layer in self._cache.layers:
-            layer.assign(layer.keys[index, :, start:], layer.values[index, :, start:], room)
+            layer.select(index, start)
 
 
-def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad the sequence axis (dim 2 of a (B, H, L, D) cache, dim 1 of a (B, L) mask) to `length`."""
-    missing = length - t.size(2 if t.dim() == 4 else 1)
-    if not missing:
-        return t
-    return F.pad(t, (0, 0, missing, 0)) if t.dim() == 4 else F.pad(t, (missing, 0))
+def _pad_left(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad a (B, L) mask on the left with False (padding) to `length` columns."""
+    return F.pad(mask, (length - mask.size(1), 0))

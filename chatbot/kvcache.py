@@ -16,9 +16,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 class PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys/values (B, H, T, D) are views of buffers of `capacity` tokens.
 
-    It supports what `generate_tokens` and `BatchDecoder` use: `update`, `batch_repeat_interleave`
-    and `assign`. A buffer that fills up is reallocated twice as large, so a wrong capacity costs
-    speed, never correctness.
+    It supports what `generate_tokens` and `BatchDecoder` use: `update`, `batch_repeat_interleave`,
+    `select` and `stack`. A buffer that fills up is reallocated twice as large, so a wrong capacity
+    costs speed, never correctness.
     """
 
     def __init__(self, capacity: int):
@@ -38,11 +38,26 @@ class PreallocatedLayer(DynamicLayer):
         self._expose()
         return self.keys, self.values
 
-    def assign(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
-        """Hold copies of `keys`/`values` (B, H, T, D) with room for `room` more tokens."""
-        if not self.is_initialized:
-            self.lazy_initialization(keys, values)
-        self._allocate(keys, values, keys.shape[-2] + room)
+    def select(self, index: torch.Tensor | None, start: int = 0) -> None:
+        """Keep the rows `index` (all when None) and drop the first `start` tokens; the room after stays."""
+        if index is not None:  # one copy, of the rows kept
+            self._keys, self._values = self._keys[index], self._values[index]
+        self._keys, self._values = self._keys[:, :, start:], self._values[:, :, start:]  # views
+        self.capacity, self._length = self.capacity - start, self._length - start
+        self._expose()
+
+    def stack(self, other: PreallocatedLayer, room: int) -> None:
+        """Put `other`'s rows under these, the shorter side left-padded with zeros, in a buffer with
+        room for `room` more tokens: one copy of each side."""
+        length = max(self._length, other._length)
+        keys = self._keys.new_zeros(self._keys.size(0) + other._keys.size(0), *self._keys.shape[1:2],
+                                    length + room, self._keys.size(3))
+        values = torch.zeros_like(keys)
+        for rows, layer in ((slice(0, self._keys.size(0)), self), (slice(self._keys.size(0), None), other)):
+            keys[rows, :, length - layer._length:length] = layer.keys
+            values[rows, :, length - layer._length:length] = layer.values
+        self._keys, self._values, self.capacity, self._length = keys, values, length + room, length
+        self._expose()
 
     def _allocate(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         batch, heads, length, dim = keys.shape

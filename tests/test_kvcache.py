@@ -24,15 +24,26 @@ def test_steps_write_into_one_buffer_and_return_the_filled_part():
     assert torch.equal(keys[1, :, :4], torch.cat([prefill, step], 2)[0]) and keys[:, :, 5].eq(1).all()
 
 
-def test_assign_keeps_a_copy_with_room_to_grow():
-    layer = PreallocatedLayer(capacity=1)
-    keys = torch.arange(2 * 1 * 3 * 2.0).view(2, 1, 3, 2)
-    layer.assign(keys, -keys, room=2)
-    keys.zero_()  # a copy: the caller's tensor is not the buffer
-    assert layer.capacity == 5 and layer.get_seq_length() == 3 and layer.keys[1, 0, 2].tolist() == [10.0, 11.0]
+def test_select_keeps_rows_and_drops_leading_tokens_keeping_the_room():
+    layer = PreallocatedLayer(capacity=6)
+    keys = torch.arange(3 * 1 * 4 * 2.0).view(3, 1, 4, 2)  # (B, H, T, D)
+    layer.update(keys, -keys)
+    layer.select(torch.tensor([0, 2]), start=1)
+    assert layer.keys.shape == (2, 1, 3, 2) and torch.equal(layer.keys, keys[[0, 2], :, 1:])
+    assert torch.equal(layer.values, -layer.keys) and layer.capacity == 5
     buffer = layer.keys.data_ptr()
-    layer.update(torch.ones(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
-    assert layer.keys.data_ptr() == buffer and layer.values[0, 0, :, 0].tolist() == [-0.0, -2.0, -4.0, 1.0, 1.0]
+    layer.update(torch.ones(2, 1, 2, 2), torch.ones(2, 1, 2, 2))  # the room is still there: in place
+    assert layer.keys.data_ptr() == buffer and layer.keys[:, 0, :, 0].tolist() == [[2, 4, 6, 1, 1], [18, 20, 22, 1, 1]]
+
+
+def test_stack_left_pads_the_shorter_side_with_zeros():
+    mine, other = PreallocatedLayer(capacity=3), PreallocatedLayer(capacity=5)
+    mine.update(torch.full((1, 1, 2, 1), 7.0), torch.full((1, 1, 2, 1), -7.0))
+    other.update(torch.arange(2 * 1 * 3 * 1.0).view(2, 1, 3, 1), torch.zeros(2, 1, 3, 1))
+    mine.stack(other, room=2)
+    assert mine.keys[:, 0, :, 0].tolist() == [[0, 7, 7], [0, 1, 2], [3, 4, 5]]
+    assert mine.values[:, 0, :, 0].tolist() == [[0, -7, -7], [0, 0, 0], [0, 0, 0]]
+    assert mine.capacity == 5 and mine.get_seq_length() == 3
 
 
 @pytest.mark.parametrize("options", [{"temperature": 0}, {"top_k": 5, "num_candidates": 3}])
