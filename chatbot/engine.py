@@ -156,8 +156,7 @@ class Engine:
             by_job.setdefault(job_id, (self._running[job_id][0], []))[1].append((choice, token_id, finished))
             if finished:
                 self._end_row(job_id, choice, "stop" if token_id == self._decoder.eos_id else "length")
-        for job, events in by_job.values():
-            self._send(job, events)
+        self._send([(job, events) for job, events in by_job.values()])
 
     def _end_row(self, job_id: int, choice: int, reason: str) -> None:
         with self._cond:
@@ -172,15 +171,25 @@ class Engine:
     def _fail(self, job_ids: list[int], error: Exception) -> None:
         with self._cond:
             jobs = [self._running.pop(i)[0] for i in job_ids if i in self._running]
-        for job in jobs:
-            self._send(job, error)
+        self._send([(job, error) for job in jobs])
 
     @staticmethod
-    def _send(job: Job, event) -> None:
-        try:
-            job.loop.call_soon_threadsafe(job.events.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: the server is shutting down
-            pass
+    def _send(deliveries: list[tuple[Job, object]]) -> None:
+        """Put each event in its job's queue, waking each event loop once, not once per job: a
+        wake-up is a write to the loop's self-pipe, and at 16 rows those were 4% of a step."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, object]]] = {}
+        for job, event in deliveries:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the event loop is closed: the server is shutting down
+                pass
+
+
+def _deliver(batch: list[tuple[Job, object]]) -> None:
+    for job, event in batch:
+        job.events.put_nowait(event)
 
 
 def _rows(job: Job) -> NewRows:
