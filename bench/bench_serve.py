@@ -12,6 +12,9 @@ benchmark records generated tokens per second over the whole load, and the p50/p
 first token and to the whole reply. The naive server is what a Flask/FastAPI wrapper around
 `ChatBot` does (GPT2-chitchat's PR #104): every request runs its own `bot.stream(...)` in a worker
 thread, concurrently, at batch 1.
+
+On a small machine the load generator shares the cores with the server; `bench_batching.py` times
+the batched decoder alone and gives the most any server could gain there.
 """
 
 from __future__ import annotations
