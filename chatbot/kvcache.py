@@ -38,11 +38,12 @@ class PreallocatedLayer(DynamicLayer):
         self._expose()
         return self.keys, self.values
 
-    def select(self, index: torch.Tensor | None, start: int = 0) -> None:
-        """Keep the rows `index` (all when None) and drop the first `start` tokens; the room after stays."""
-        if index is not None:  # one copy, of the rows kept
-            self._keys, self._values = self._keys[index], self._values[index]
-        self._keys, self._values = self._keys[:, :, start:], self._values[:, :, start:]  # views
+    def select(self, index: torch.Tensor, start: int = 0) -> None:
+        """Keep the rows `index` and drop the first `start` tokens; the room after stays.
+
+        One copy, of the rows and tokens kept.
+        """
+        self._keys, self._values = self._keys[index, :, start:], self._values[index, :, start:]
         self.capacity, self._length = self.capacity - start, self._length - start
         self._expose()
 
@@ -50,8 +51,8 @@ class PreallocatedLayer(DynamicLayer):
         """Put `other`'s rows under these, the shorter side left-padded with zeros, in a buffer with
         room for `room` more tokens: one copy of each side."""
         length = max(self._length, other._length)
-        keys = self._keys.new_zeros(self._keys.size(0) + other._keys.size(0), *self._keys.shape[1:2],
-                                    length + room, self._keys.size(3))
+        keys = self._keys.new_zeros(self._keys.size(0) + other._keys.size(0), self._keys.size(1), length + room,
+                                    self._keys.size(3))
         values = torch.zeros_like(keys)
         for rows, layer in ((slice(0, self._keys.size(0)), self), (slice(self._keys.size(0), None), other)):
             keys[rows, :, length - layer._length:length] = layer.keys

@@ -188,8 +188,8 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
     device = model.device
     context = torch.as_tensor(input_ids, dtype=torch.long, device=device)[None]  # (1, T)
     types = None if token_type_ids is None else torch.as_tensor(token_type_ids, device=device)[None]
-    next_logits = _stepper(model, context, types, reply_type_id, num_candidates, max_new_tokens)
-    logits = next_logits(None)  # (N, V)
+    logits_after = _stepper(model, context, types, reply_type_id, num_candidates, max_new_tokens)
+    logits = logits_after(None)  # (N, V)
     banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=device)
     generated = torch.empty(num_candidates, 0, dtype=torch.long, device=device)  # (N, step)
     finished = torch.zeros(num_candidates, dtype=torch.bool, device=device)
@@ -205,7 +205,7 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
         yield next_ids.tolist()
         if finished.all() or step == max_new_tokens - 1:
             return
-        logits = next_logits(generated)
+        logits = logits_after(generated)
 
 
 def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor | None, reply_type_id: int | None,
