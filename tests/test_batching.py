@@ -25,6 +25,15 @@ def alone(model, prompt, options, seed, types=None, reply_type=None):
     return [ids[0] for ids in steps]
 
 
+def drain(decoder, out=None):
+    """Step `decoder` until it is empty; each key's tokens, appended to those already in `out`."""
+    out = {} if out is None else out
+    while len(decoder):
+        for key, token_id, _ in decoder.step():
+            out.setdefault(key, []).append(token_id)
+    return out
+
+
 def decode_staggered(decoder, joins, removals=()):
     """Step `decoder` until it is empty; joins[step] = (keys, prompt, options, seeds) are added before that step."""
     out, step = {}, 0
@@ -70,16 +79,17 @@ def test_each_row_keeps_its_own_options_and_removed_rows_leave_at_once(tiny_mode
     assert len(out["s"]) == 6 and len(out["g"]) <= 10
 
 
-def test_speaker_segment_ids_follow_each_row(tiny_model):
+@pytest.mark.parametrize("together", [False, True])
+def test_speaker_segment_ids_follow_each_row(tiny_model, together):
     options = SamplingOptions(top_k=0, max_new_tokens=8)
     decoder = BatchDecoder(tiny_model, eos_id=EOS, banned_ids=BANNED)
     rows = [(PROMPTS[0], [5, 5, 5, 5], 6), (PROMPTS[2], [5, 5, 5], 6), (PROMPTS[1], [5] * 7 + [6] * 3, 5)]
-    for i, (prompt, types, reply_type) in enumerate(rows):
-        decoder.add([i], prompt, options, [i], token_type_ids=types, reply_type_id=reply_type)
-    out = {}
-    while len(decoder):
-        for key, token_id, _ in decoder.step():
-            out.setdefault(key, []).append(token_id)
+    if together:  # padded together, segment ids and all
+        decoder.add_many([NewRows([i], p, options, [i], t, r) for i, (p, t, r) in enumerate(rows)])
+    else:
+        for i, (prompt, types, reply_type) in enumerate(rows):
+            decoder.add([i], prompt, options, [i], token_type_ids=types, reply_type_id=reply_type)
+    out = drain(decoder)
     assert [out[i] for i in range(3)] == [alone(tiny_model, p, options, i, t, r) for i, (p, t, r) in enumerate(rows)]
 
 
@@ -94,26 +104,12 @@ def test_prompts_prefilled_together_decode_as_they_would_alone(tiny_model, setti
                       NewRows(["c"], PROMPTS[2], options, [102])])
     assert decoder.keys == ["early", "a", "b0", "b1", "c"]
     assert all(layer.keys.isfinite().all() for layer in decoder._cache.layers)
-    while len(decoder):
-        for key, token_id, _ in decoder.step():
-            out.setdefault(key, []).append(token_id)
+    drain(decoder, out)
     assert out["a"] == alone(tiny_model, PROMPTS[0], options, 100)
     assert out["b0"] == alone(tiny_model, PROMPTS[3], options, 1)
     assert out["b1"] == alone(tiny_model, PROMPTS[3], options, 2)
     assert out["c"] == alone(tiny_model, PROMPTS[2], options, 102)
     assert out["early"] == alone(tiny_model, PROMPTS[1], options, 9)
-
-
-def test_segment_ids_are_padded_with_their_prompts(tiny_model):
-    options = SamplingOptions(top_k=0, max_new_tokens=8)
-    decoder = BatchDecoder(tiny_model, eos_id=EOS, banned_ids=BANNED)
-    rows = [(PROMPTS[0], [5, 5, 5, 5], 6), (PROMPTS[1], [5] * 7 + [6] * 3, 5)]
-    decoder.add_many([NewRows([i], p, options, [i], t, r) for i, (p, t, r) in enumerate(rows)])
-    out = {}
-    while len(decoder):
-        for key, token_id, _ in decoder.step():
-            out.setdefault(key, []).append(token_id)
-    assert [out[0], out[1]] == [alone(tiny_model, p, options, i, t, r) for i, (p, t, r) in enumerate(rows)]
 
 
 @pytest.mark.parametrize("call, message", [

@@ -114,6 +114,7 @@ def test_cdial_replies_batched_are_the_replies_alone(cdial_dir):
     from chatbot.batching import BatchDecoder, NewRows
     from chatbot.options import SamplingOptions
     from chatbot.sampling import generate_tokens
+    from tests.test_batching import drain
 
     model = load_model(cdial_dir)[0]
     prompts = [([CLS, SPK1, 4, 5, SPK2], [CLS, SPK1, SPK1, SPK1, SPK2]),
@@ -125,10 +126,7 @@ def test_cdial_replies_batched_are_the_replies_alone(cdial_dir):
              for i, (ids, types) in enumerate(prompts)]
     decoder = BatchDecoder(model, eos_id=SEP)
     decoder.add_many([NewRows([i], ids, options, [i], types, SPK2) for i, (ids, types) in enumerate(prompts)])
-    out = {0: [], 1: []}
-    while len(decoder):
-        for key, token_id, _ in decoder.step():
-            out[key].append(token_id)
+    out = drain(decoder)
     assert [out[0], out[1]] == alone and alone[0] != alone[1]
 
 
