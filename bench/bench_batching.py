@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_generate import REPLY_TOKENS, load_base_model  # noqa: E402
 
-from chatbot.batching import BatchDecoder, NewRows  # noqa: E402
+from chatbot.generate.batching import BatchDecoder, NewRows  # noqa: E402
 from chatbot.options import SamplingOptions  # noqa: E402
-from chatbot.precision import prepare_model, resolve_dtype  # noqa: E402
+from chatbot.model.precision import prepare_model, resolve_dtype  # noqa: E402
 from chatbot.tokenization import hidden_token_ids, load_tokenizer  # noqa: E402
 
 PROMPT_TOKENS = 1 + 4 * 16  # [CLS] and 4 turns of 15 characters + [SEP]: bench_serve.py's prompts

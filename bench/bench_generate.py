@@ -7,7 +7,7 @@ GPT2-chitchat's interact.py loop, all in one run.
 Variants (`--variants`): `fp32-dynamic` is issue 4's generator (transformers' DynamicCache,
 which copies the cache at every step), kept as the reference the others are divided by;
 `fp32`, `bf16` and `int8` are `generate_tokens` today (a preallocated KV cache) on the model
-converted by `chatbot.precision.prepare_model`, as `chatbot-chat --dtype` does.
+converted by `chatbot.model.precision.prepare_model`, as `chatbot-chat --dtype` does.
 
 The model is `configs/base.json` (12 layers, 768 wide, 12 heads, n_positions 1024; the same
 fields inline where that file is absent) with random weights and the shipped vocabulary.
@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, GPT2Config
 
-import chatbot.sampling
+import chatbot.generate.sampling
 
-from chatbot.history import join_turns
-from chatbot.modeling import build_model, load_gpt2_config, special_ids
-from chatbot.precision import prepare_model
-from chatbot.sampling import generate_tokens
+from chatbot.generate.prompt import join_turns
+from chatbot.model.modeling import build_model, load_gpt2_config, special_ids
+from chatbot.model.precision import prepare_model
+from chatbot.generate.sampling import generate_tokens
 from chatbot.tokenization import hidden_token_ids, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,12 +73,12 @@ def dynamic_cache(variant: str):
     if variant != "fp32-dynamic":
         yield
         return
-    preallocated = chatbot.sampling.preallocated_cache
-    chatbot.sampling.preallocated_cache = lambda n_layer, capacity: DynamicCache()
+    preallocated = chatbot.generate.sampling.preallocated_cache
+    chatbot.generate.sampling.preallocated_cache = lambda n_layer, capacity: DynamicCache()
     try:
         yield
     finally:
-        chatbot.sampling.preallocated_cache = preallocated
+        chatbot.generate.sampling.preallocated_cache = preallocated
 
 
 def cached_steps(model, context, *, banned, eos_id, greedy, seed=0) -> Iterator[list[int]]:

@@ -35,7 +35,7 @@ from synth_corpus import write_corpus  # noqa: E402
 SHARED_SYNTH = REPO.parent / "shared" / "bench" / "synth_corpus.py"  # the team's copy, when present
 # GPT2-chitchat's preprocess.py on this kind of machine (issue 2): dialogues -> (dialogues/s, peak RSS MB)
 REFERENCE = {20_000: (325, 497), 100_000: (70, 828)}
-CHUNK = 2048  # dialogues per bare encode_batch call, as chatbot.preprocess.CHUNK
+CHUNK = 2048  # dialogues per bare encode_batch call, as chatbot.data.preprocess.CHUNK
 
 # Each child writes one JSON object to the file named by argv[1]. Peak RSS is the child's VmHWM, the
 # high-water mark of its own address space. Not ru_maxrss: Linux carries a parent's high-water mark over
@@ -61,7 +61,7 @@ sys.exit(rc)
 
 BARE_CHILD = r"""
 import json, resource, sys, time
-from chatbot.corpus import read_dialogues
+from chatbot.data.corpus import read_dialogues
 from chatbot.tokenization import load_tokenizer
 def cpu():
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -89,7 +89,7 @@ def rss_kb():  # (anonymous, file-backed): mapped pages of tokens.bin count as R
         fields = dict(l.split(":", 1) for l in f)
     return [int(fields[k].split()[0]) for k in ("RssAnon", "RssFile")]
 out, folder = sys.argv[1], sys.argv[2]
-from chatbot.data import TokenDataset
+from chatbot.data.dataset import TokenDataset
 before = rss_kb()
 t = time.perf_counter(); ds = TokenDataset(folder); load = time.perf_counter() - t
 t = time.perf_counter(); total = int(ds.lengths.sum()); n = len(ds); lengths = time.perf_counter() - t

@@ -44,7 +44,7 @@ def make_model(config: Path, folder: Path) -> Path:
     """A model folder with random weights for `config` and the shipped vocabulary."""
     import torch
 
-    from chatbot.modeling import build_model, load_gpt2_config, save_model
+    from chatbot.model.modeling import build_model, load_gpt2_config, save_model
     from chatbot.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(ROOT / "vocab" / "vocab.txt")

@@ -6,7 +6,7 @@ of 5–30 GB2312 characters), batch 8, max_len 150 (GPT2-chitchat's default), fo
 128-wide 4-head model (n_positions 256) and for configs/base.json. The vocabulary is ours padded
 with [unusedN] lines to GPT2-chitchat's 13 317 entries, so both models have its parameter count.
 
-  ours      chatbot.train.train(): length-grouped batches, SDPA attention, fp32 on CPU
+  ours      chatbot.train.loop.train(): length-grouped batches, SDPA attention, fp32 on CPU
             (--precision bf16: bf16 autocast, as `chatbot-train --precision bf16`)
   baseline  GPT2-chitchat's train.py loop: shuffled batches padded to the longest, eager
             attention, fp32; the same model, optimizer, examples and number of steps
@@ -50,7 +50,7 @@ side, corpus, vocab, config, out, batch, steps, warmup, max_len, precision = sys
 batch, steps, warmup, max_len = int(batch), int(steps), int(warmup), int(max_len)
 if side == "ours":
     from chatbot.config import TrainConfig
-    from chatbot.train import train
+    from chatbot.train.loop import train
     train(TrainConfig(train=corpus, vocab=vocab, config=config, output_dir=out, batch_size=batch,
                       max_steps=steps, log_steps=1, quiet=True, max_len=max_len, save_total_limit=1,
                       precision=precision))
@@ -59,8 +59,8 @@ if side == "ours":
     seconds = sum(r["tokens"] / r["tokens_per_s"] for r in rows)
 else:
     import numpy as np
-    from chatbot.data import load_dataset, make_collate
-    from chatbot.modeling import load_gpt2_config
+    from chatbot.data.dataset import load_dataset, make_collate
+    from chatbot.model.modeling import load_gpt2_config
     from chatbot.tokenization import load_tokenizer
     from transformers import GPT2LMHeadModel
     torch.manual_seed(0)

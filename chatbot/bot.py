@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from transformers import BertTokenizerFast, PreTrainedModel
 
-from chatbot.batching import BatchDecoder
+from chatbot.generate.batching import BatchDecoder
 from chatbot.distributed import resolve_device
-from chatbot.history import MAX_HISTORY, fit_turns
+from chatbot.generate.prompt import MAX_HISTORY, fit_turns
 from chatbot.layout import (
     CDIAL,
     CHITCHAT,
@@ -34,10 +34,10 @@ from chatbot.layout import (
     speaker_token_ids,
     speaker_type_ids,
 )
-from chatbot.mmi import score_replies
-from chatbot.modeling import context_limit, dialogue_layout, load_model
+from chatbot.generate.mmi import score_replies
+from chatbot.model.modeling import context_limit, dialogue_layout, load_model
 from chatbot.options import SamplingOptions
-from chatbot.sampling import generate_tokens
+from chatbot.generate.sampling import generate_tokens
 from chatbot.tokenization import (
     TextStream,
     banned_token_ids,
@@ -145,7 +145,7 @@ class ChatBot:
                 (e.g. `thu-coai/CDial-GPT_LCCC-base`, `uer/gpt2-chinese-cluecorpussmall`).
             device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
             dtype: "auto" (bf16 on a GPU; int8, else bf16, else fp32 on a CPU, by what it runs
-                natively), "fp32", "bf16" or "int8" (CPU only); see `chatbot.precision`.
+                natively), "fp32", "bf16" or "int8" (CPU only); see `chatbot.model.precision`.
             mmi_model: a backward model folder or Hub id (`chatbot-train --reverse`) to rerank candidates.
             max_history: turns the model sees, the new message included.
             max_conversations, conversation_ttl, stream_timeout: see `ChatBot.__init__`.

@@ -72,10 +72,10 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from chatbot.fileio import check_output_dir, check_output_file
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
-        from chatbot.preprocess import is_encoded_dataset, preprocess
+        from chatbot.data.preprocess import is_encoded_dataset, preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
-        from chatbot.vocab import is_vocab_file
+        from chatbot.data.vocab import is_vocab_file
 
         check_output_dir(cfg.output, is_ours=is_encoded_dataset, overwrite=cfg.overwrite,
                          what="chatbot-preprocess output", flag="--output")
@@ -86,8 +86,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         if cfg.vocab_out:
             tokenizer = load_tokenizer(_build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))
         elif cfg.tokenizer:
-            # Only here: chatbot.modeling imports torch, +300 MB of RSS that encoding never uses.
-            from chatbot.modeling import load_model_tokenizer
+            # Only here: chatbot.model.modeling imports torch, +300 MB of RSS that encoding never uses.
+            from chatbot.model.modeling import load_model_tokenizer
 
             tokenizer, layout = load_model_tokenizer(cfg.tokenizer)  # reads text as that model does
         else:
@@ -103,8 +103,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
 
 
 def _build_vocab(corpora, output, min_freq, format, split) -> str:
-    from chatbot.corpus import read_dialogues
-    from chatbot.vocab import corpus_vocab, write_vocab
+    from chatbot.data.corpus import read_dialogues
+    from chatbot.data.vocab import corpus_vocab, write_vocab
 
     texts = (t for path in corpora for d in read_dialogues(path, format=format, split=split, skip_bad=True) for t in d)
     tokens = corpus_vocab(texts, min_freq)
@@ -125,7 +125,7 @@ def train_main(argv: list[str] | None = None) -> int:
     cfg, common = parse_options(train_parser(), argv, TrainConfig, CommonOptions)
 
     def body() -> int:
-        from chatbot.train import train
+        from chatbot.train.loop import train
 
         _quiet_transformers()
         return train(cfg).exit_code
@@ -279,8 +279,8 @@ def _serve(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) -> i
     from transformers.utils import logging as hf_logging
 
     from chatbot.bot import ChatBot
-    from chatbot.modeling import resolve_model_dir
-    from chatbot.serve import ServeSettings, create_app
+    from chatbot.model.modeling import resolve_model_dir
+    from chatbot.serve.app import ServeSettings, create_app
 
     resolve_model_dir(cfg.model)  # a wrong path or Hub id fails now, not after the server has started
     hf_logging.disable_progress_bar()

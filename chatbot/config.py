@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from chatbot.corpus import FORMATS
+from chatbot.data.corpus import FORMATS
 from chatbot.flags import opt, port_number, positive_int
 from chatbot.layout import LOSS_ON, MAX_HISTORY, SPEAKER_TOKENS
 from chatbot.options import DTYPES

@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from chatbot.data import LengthGroupedBatchSampler
+from chatbot.data.dataset import LengthGroupedBatchSampler
 from chatbot.distributed import all_reduce_sum
 from chatbot.fileio import atomic_write_text
 from chatbot.layout import IGNORE_INDEX, MAX_HISTORY, split_turns
-from chatbot.loss import next_token_loss
+from chatbot.model.loss import next_token_loss
 from chatbot.metrics import reply_metrics
 from chatbot.tokenization import decode_ids
 
@@ -148,7 +148,7 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
     Args:
         sampling: options over CDial-GPT's setting (`CDIAL_SAMPLING`) for the sampled replies.
         greedy: also generate greedily.
-        dtype: see `chatbot.precision`; fp32 (the default) scores the model itself, what chat
+        dtype: see `chatbot.model.precision`; fp32 (the default) scores the model itself, what chat
             runs ("auto", "bf16", "int8") scores that.
 
     Raises:
@@ -156,10 +156,10 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
         ValueError: for data without usable dialogues.
     """
     from chatbot.bot import ChatBot
-    from chatbot.data import Subset, load_dataset, make_collate
+    from chatbot.data.dataset import Subset, load_dataset, make_collate
     from chatbot.distributed import resolve_device
     from chatbot.layout import EXTRA_TOKENS
-    from chatbot.modeling import context_limit, dialogue_layout, load_model
+    from chatbot.model.modeling import context_limit, dialogue_layout, load_model
 
     device = resolve_device(device)
     model, tokenizer, args = load_model(model_dir, device, dtype)

@@ -22,7 +22,7 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-# Inference precisions (`--dtype`, `ChatBot.from_pretrained(dtype=...)`); see chatbot.precision.
+# Inference precisions (`--dtype`, `ChatBot.from_pretrained(dtype=...)`); see chatbot.model.precision.
 # Here, not there, so the CLI can offer them without importing torch.
 DTYPES = ("auto", "fp32", "bf16", "int8")
 

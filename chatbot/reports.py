@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from chatbot.corpus import MAX_TURN_CHARS
+from chatbot.data.corpus import MAX_TURN_CHARS
 
 if TYPE_CHECKING:  # evaluate imports torch; reports is also used by torch-free commands
     from chatbot.evaluate import EvalReport

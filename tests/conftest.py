@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from chatbot.modeling import save_model  # noqa: E402
+from chatbot.model.modeling import save_model  # noqa: E402
 from chatbot.tokenization import load_tokenizer  # noqa: E402
 
 # Tiny models: thread start-up and spin-waits cost more than they save, and on a busy machine

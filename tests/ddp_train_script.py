@@ -7,7 +7,7 @@ import sys
 import torch
 
 from chatbot.config import TrainConfig
-from chatbot.train import train
+from chatbot.train.loop import train
 
 corpus, config, vocab, out = sys.argv[1:5]
 result = train(TrainConfig(train=corpus, config=config, vocab=vocab, output_dir=out, epochs=2, batch_size=2,

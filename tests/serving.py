@@ -14,7 +14,7 @@ from transformers import GPT2LMHeadModel
 
 from chatbot.bot import ChatBot
 from chatbot.options import SamplingOptions
-from chatbot.serve import ServeSettings, create_app
+from chatbot.serve.app import ServeSettings, create_app
 from tests.conftest import tiny_config
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from chatbot.batching import BatchDecoder, NewRows
+from chatbot.generate.batching import BatchDecoder, NewRows
 from chatbot.options import SamplingOptions
-from chatbot.sampling import generate_tokens
+from chatbot.generate.sampling import generate_tokens
 
 EOS = 3
 PROMPTS = [[2, 7, 8, 3], [2, 9, 10, 11, 12, 13, 3, 14, 15, 3], [2, 16, 3],

@@ -11,9 +11,9 @@ from transformers import GPT2LMHeadModel
 
 import chatbot
 from chatbot.bot import ChatBot, resolve_device
-from chatbot.history import fit_turns, join_turns, speaker_type_ids
-from chatbot.mmi import backward_input, score_replies
-from chatbot.modeling import save_model
+from chatbot.generate.prompt import fit_turns, join_turns, speaker_type_ids
+from chatbot.generate.mmi import backward_input, score_replies
+from chatbot.model.modeling import save_model
 from tests.conftest import tiny_config
 
 CLS, SEP, SPK1, SPK2 = 2, 3, 5, 6

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatbot.modeling import build_model, load_gpt2_config
+from chatbot.model.modeling import build_model, load_gpt2_config
 from chatbot.tokenization import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.corpus import (
+from chatbot.data.corpus import (
     MAX_LINE_BYTES,
     MAX_TURN_CHARS,
     CorpusError,
@@ -146,8 +146,8 @@ def test_lccc_is_streamed_with_bom_and_malformed_json_names_file_and_lines(tmp_p
 # high-water mark (pytest's, hundreds of MB) into a spawned child's ru_maxrss, which would hide any growth below it.
 MEMORY_CHILD = r"""
 import json, sys
-from chatbot.corpus import read_dialogues
-from chatbot.preprocess import preprocess
+from chatbot.data.corpus import read_dialogues
+from chatbot.data.preprocess import preprocess
 from chatbot.tokenization import load_tokenizer
 def peak():
     with open("/proc/self/status") as f:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatbot.data import (IGNORE_INDEX, LengthGroupedBatchSampler, make_collate, padding_fraction, reverse_turns,
+from chatbot.data.dataset import (IGNORE_INDEX, LengthGroupedBatchSampler, make_collate, padding_fraction, reverse_turns,
                           split_holdout, turn_index)
 
 X = IGNORE_INDEX

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chatbot.checkpoint import save_checkpoint
+from chatbot.train.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_two_process_gloo_training_agrees_and_saves_once(tmp_path, vocab_file):
 RESUME_RANK = r"""
 import os, sys, time
 from pathlib import Path
-import chatbot.checkpoint as checkpoint
+import chatbot.train.checkpoint as checkpoint
 from chatbot.distributed import cleanup, setup_distributed
 info, _ = setup_distributed("cpu")
 if info.is_main:

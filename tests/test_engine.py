@@ -5,12 +5,12 @@ import asyncio
 
 import torch
 
-from chatbot import engine
-from chatbot.batching import BatchDecoder
+from chatbot.serve import engine
+from chatbot.generate.batching import BatchDecoder
 from chatbot.bot import Prompt
-from chatbot.engine import Engine, Job
+from chatbot.serve.engine import Engine, Job
 from chatbot.options import SamplingOptions
-from chatbot.sampling import generate_tokens
+from chatbot.generate.sampling import generate_tokens
 from tests.conftest import tiny_config
 
 EOS = 3

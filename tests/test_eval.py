@@ -4,9 +4,9 @@ import pytest
 
 from chatbot.cli import eval_main
 from chatbot.config import TrainConfig
-from chatbot.data import load_dataset
+from chatbot.data.dataset import load_dataset
 from chatbot.evaluate import evaluate_model, example_turns, sample_indices
-from chatbot.train import train
+from chatbot.train.loop import train
 
 CORPUS = "你好\n你好吗\n我很好\n\n今天天气很好\n谢谢\n\nok\n你好\n\n你好吗\n我很好，谢谢\n"
 

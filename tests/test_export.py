@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 import chatbot.bot
 from chatbot.bot import ChatBot
 from chatbot.layout import CDIAL
-from chatbot.modeling import load_model, save_model
+from chatbot.model.modeling import load_model, save_model
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import decode_ids
 from tests.test_public_checkpoints import CLS as CDIAL_CLS

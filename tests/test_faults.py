@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from chatbot.checkpoint import STATE_FILE
+from chatbot.train.checkpoint import STATE_FILE
 from chatbot.cli import eval_main, preprocess_main, train_main
-from chatbot.modeling import load_model
+from chatbot.model.modeling import load_model
 from test_train import cache, corpus, model_config  # noqa: F401 - the same fixtures
 
 
@@ -109,7 +109,7 @@ def test_disk_full_while_encoding_leaves_nothing(tmp_path, corpus, vocab_file, c
 
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
-    monkeypatch.setattr("chatbot.preprocess.open", FullDisk, raising=False)
+    monkeypatch.setattr("chatbot.data.preprocess.open", FullDisk, raising=False)
     assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc"), "--quiet"]) == 2
     assert one_error(capsys) == (f"error: {tmp_path / 'enc' / 'tokens.bin'}: No space left on device "
                                  "(the disk is full: free some space or write elsewhere)")
@@ -119,7 +119,7 @@ def test_disk_full_while_encoding_leaves_nothing(tmp_path, corpus, vocab_file, c
 def test_read_only_output_fails_before_any_work(tmp_path, corpus, vocab_file, capsys, monkeypatch):
     monkeypatch.setattr("chatbot.fileio.os.access", lambda *args: False)
     monkeypatch.setattr("chatbot.fileio.os.statvfs", lambda path: os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255)))
-    monkeypatch.setattr("chatbot.preprocess.preprocess", lambda *a, **k: pytest.fail("encoded anyway"))
+    monkeypatch.setattr("chatbot.data.preprocess.preprocess", lambda *a, **k: pytest.fail("encoded anyway"))
     assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc")]) == 2
     assert "enc: Read-only file system (that file system is read-only" in one_error(capsys)
 
@@ -277,7 +277,7 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(trained, corpus, model_co
 def test_disk_full_during_a_save_names_the_folder(corpus, model_config, vocab_file, tmp_path, capsys, monkeypatch):
     def full(path, *args):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "model.safetensors"))
-    monkeypatch.setattr("chatbot.checkpoint.save_model", full)
+    monkeypatch.setattr("chatbot.train.checkpoint.save_model", full)
     out = tmp_path / "out"
     assert train_main(train_args(corpus, model_config, vocab_file, out, "--max-steps", "1")) == 2
     assert one_error(capsys).startswith(f"error: {out / 'checkpoint-1' / 'model.safetensors'}: No space left on device")

@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from chatbot import sampling
-from chatbot.kvcache import PreallocatedLayer
-from chatbot.sampling import generate_tokens
+from chatbot.generate import sampling
+from chatbot.generate.kvcache import PreallocatedLayer
+from chatbot.generate.sampling import generate_tokens
 
 
 def test_steps_write_into_one_buffer_and_return_the_filled_part():

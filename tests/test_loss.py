@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 
-from chatbot.allocator import keep_freed_memory
-from chatbot.data import make_collate
+from chatbot.train.allocator import keep_freed_memory
+from chatbot.data.dataset import make_collate
 from chatbot.layout import IGNORE_INDEX
-from chatbot.loss import NextTokenLoss, next_token_loss
+from chatbot.model.loss import NextTokenLoss, next_token_loss
 
 EXAMPLES = [[2, 7, 8, 3, 9, 10, 11, 3], [2, 12, 3, 13, 3], [2, 14, 15, 16, 3, 7, 3]]
 

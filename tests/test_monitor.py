@@ -4,7 +4,7 @@ import json
 import pytest
 
 from chatbot.config import TrainConfig
-from chatbot.train import train
+from chatbot.train.loop import train
 
 
 def test_report_to_tensorboard_writes_events(tmp_path, vocab_file, monkeypatch):
@@ -33,7 +33,7 @@ def test_report_to_needs_its_package_and_says_how_to_get_it(monkeypatch):
 
 
 def test_no_events_unless_asked(tmp_path):
-    from chatbot.monitor import MetricsLog
+    from chatbot.train.monitor import MetricsLog
 
     log = MetricsLog(tmp_path, enabled=True)
     log.write({"step": 1, "loss": 2.0})

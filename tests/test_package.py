@@ -53,7 +53,7 @@ def test_wheel_carries_the_checkouts_vocab_configs_and_sample(wheel):
         for relative in SHIPPED:
             assert archive.read(f"chatbot/bundled/{relative}") == (ROOT / relative).read_bytes(), relative
         names = archive.namelist()
-    assert {"chatbot/resources.py", "chatbot/cli.py", "chatbot/static/chat.html"} <= set(names)
+    assert {"chatbot/resources.py", "chatbot/cli.py", "chatbot/serve/static/chat.html"} <= set(names)
     assert not [n for n in names if n.startswith(("tests/", "vocab/", "configs/", "data/"))]
 
 

@@ -6,13 +6,14 @@ from torch import nn
 from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
-from chatbot import precision, train
+from chatbot.model import precision
+from chatbot.train import loop as train
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main
-from chatbot.data import load_dataset, make_collate
+from chatbot.data.dataset import load_dataset, make_collate
 from chatbot.evaluate import evaluate_model
-from chatbot.modeling import build_model, load_model, save_model
-from chatbot.precision import prepare_model, resolve_dtype
+from chatbot.model.modeling import build_model, load_model, save_model
+from chatbot.model.precision import prepare_model, resolve_dtype
 from tests.conftest import tiny_config
 
 HANZI = "你好吗我很谢今天气"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from chatbot.cli import preprocess_main
-from chatbot.data import TokenDataset, load_dataset
-from chatbot.preprocess import preprocess, split_at, window_turns
+from chatbot.data.dataset import TokenDataset, load_dataset
+from chatbot.data.preprocess import preprocess, split_at, window_turns
 from chatbot.tokenization import encode_texts
 
 CLS, SEP = 2, 3
@@ -147,7 +147,7 @@ def test_cli_encodes_without_importing_torch(tmp_path, vocab_file):
     (tmp_path / "c.txt").write_text("你好\n我很好\n", encoding="utf-8")
     code = ("import sys\nfrom transformers import BertTokenizerFast\nalready = set(sys.modules)\n"
             "from chatbot.cli import preprocess_main\nassert preprocess_main(sys.argv[1:]) == 0\n"
-            "print(sorted({'torch', 'chatbot.modeling'} & (set(sys.modules) - already)))")
+            "print(sorted({'torch', 'chatbot.model.modeling'} & (set(sys.modules) - already)))")
     argv = [str(tmp_path / "c.txt"), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file), "--quiet"]
     root = Path(__file__).parents[1]
     out = subprocess.run([sys.executable, "-c", code, *argv], cwd=root, capture_output=True, text=True,

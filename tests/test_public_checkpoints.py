@@ -10,9 +10,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPT
 
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main, preprocess_main, train_main
-from chatbot.data import TokenDataset
+from chatbot.data.dataset import TokenDataset
 from chatbot.evaluate import evaluate_model
-from chatbot.modeling import dialogue_layout, load_model
+from chatbot.model.modeling import dialogue_layout, load_model
 from chatbot.tokenization import load_tokenizer, split_characters, vocab_fingerprint
 
 # CDial-GPT's vocab.txt starts [CLS] [PAD] [SEP] [UNK] and ends [speaker1] [speaker2]; it has no [MASK].
@@ -78,8 +78,8 @@ def test_chatting_with_a_cdial_folder_uses_its_layout(cdial_dir):
 
 
 def test_the_openai_gpt_kv_cache_gives_the_models_own_logits(cdial_dir):
-    from chatbot.kvcache import preallocated_cache
-    from chatbot.openai_gpt import openai_gpt_logits
+    from chatbot.generate.kvcache import preallocated_cache
+    from chatbot.model.openai_gpt import openai_gpt_logits
 
     model = load_model(cdial_dir)[0]
     ids = torch.tensor([[CLS, SPK1, 4, 5, 6, SPK2, 7, 8, 9]])
@@ -94,8 +94,8 @@ def test_the_openai_gpt_kv_cache_gives_the_models_own_logits(cdial_dir):
 
 
 def test_openai_gpt_padding_is_masked(cdial_dir):
-    from chatbot.kvcache import preallocated_cache
-    from chatbot.openai_gpt import openai_gpt_logits
+    from chatbot.generate.kvcache import preallocated_cache
+    from chatbot.model.openai_gpt import openai_gpt_logits
 
     model = load_model(cdial_dir)[0]
     ids = torch.tensor([[CLS, SPK1, 4, 5, SPK2]])
@@ -111,9 +111,9 @@ def test_openai_gpt_padding_is_masked(cdial_dir):
 
 
 def test_cdial_replies_batched_are_the_replies_alone(cdial_dir):
-    from chatbot.batching import BatchDecoder, NewRows
+    from chatbot.generate.batching import BatchDecoder, NewRows
     from chatbot.options import SamplingOptions
-    from chatbot.sampling import generate_tokens
+    from chatbot.generate.sampling import generate_tokens
     from tests.test_batching import drain
 
     model = load_model(cdial_dir)[0]
@@ -211,7 +211,7 @@ def test_a_missing_local_path_keeps_the_folder_message(tmp_path):
 
 
 def test_cdial_collate_builds_cdial_gpts_training_input(cdial_dir):
-    from chatbot.data import make_collate
+    from chatbot.data.dataset import make_collate
 
     tokenizer = load_model(cdial_dir)[1]
     stored = [torch.tensor([CLS, 4, 5, SEP, 9, SEP]).numpy(), torch.tensor([CLS, 4, SEP]).numpy()]
@@ -228,7 +228,7 @@ def test_cdial_collate_builds_cdial_gpts_training_input(cdial_dir):
 
 def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir, tmp_path, monkeypatch):
     from chatbot.config import TrainConfig
-    from chatbot.train import train
+    from chatbot.train.loop import train
 
     monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
@@ -248,7 +248,7 @@ def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir,
 
 def test_fine_tuning_a_uer_gpt2_folder_by_hub_style_path(uer_dir, tmp_path, monkeypatch):
     from chatbot.config import TrainConfig
-    from chatbot.train import train
+    from chatbot.train.loop import train
 
     monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"

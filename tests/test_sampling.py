@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from chatbot.options import SamplingOptions, check_options
-from chatbot.sampling import (apply_repetition_penalty, filter_logits, generate_tokens, repeated_ngram_ids,
+from chatbot.generate.sampling import (apply_repetition_penalty, filter_logits, generate_tokens, repeated_ngram_ids,
                               sample_next_token)
 from chatbot.tokenization import hidden_token_ids
 

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from chatbot.cli import serve_main
-from chatbot.serve import create_app
+from chatbot.serve.app import create_app
 from tests.serving import running_server, serve, settings, tiny_bot, wait_for
 
 KEY = "test-key"

@@ -13,7 +13,7 @@ from transformers import BertTokenizerFast, GPT2LMHeadModel
 
 from chatbot.cli import train_main
 from chatbot.config import TrainConfig
-from chatbot.train import lr_factor, train
+from chatbot.train.loop import lr_factor, train
 from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

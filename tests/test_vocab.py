@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from chatbot.tokenization import decode_ids, encode_texts, load_tokenizer
-from chatbot.vocab import SPECIAL_TOKENS, corpus_vocab, gb2312_hanzi, main, standard_vocab
+from chatbot.data.vocab import SPECIAL_TOKENS, corpus_vocab, gb2312_hanzi, main, standard_vocab
 
 SHIPPED = Path(__file__).resolve().parents[1] / "vocab" / "vocab.txt"
 

@@ -2,7 +2,7 @@
 
 A vocabulary is a BERT WordPiece `vocab.txt`: one token per line, the line number is the id.
 Everything here is derived from public standards (the GB2312 character set through Python's
-codec, Unicode blocks, ASCII), so `python -m chatbot.vocab` rebuilds `vocab/vocab.txt` byte for
+codec, Unicode blocks, ASCII), so `python -m chatbot.data.vocab` rebuilds `vocab/vocab.txt` byte for
 byte. No torch and no tokenizer are imported here.
 """
 
@@ -115,8 +115,8 @@ def _dedupe(tokens: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m chatbot.vocab [--output vocab/vocab.txt]`: regenerate the standard vocabulary."""
-    parser = argparse.ArgumentParser(prog="python -m chatbot.vocab", description=main.__doc__)
+    """`python -m chatbot.data.vocab [--output vocab/vocab.txt]`: regenerate the standard vocabulary."""
+    parser = argparse.ArgumentParser(prog="python -m chatbot.data.vocab", description=main.__doc__)
     parser.add_argument("--output", default="vocab/vocab.txt", help="where to write vocab.txt")
     args = parser.parse_args(argv)
     path = write_vocab(standard_vocab(), args.output)

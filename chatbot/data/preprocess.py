@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 from transformers import BertTokenizerFast
 
-from chatbot.corpus import CorpusStats, detect_format, read_dialogues
+from chatbot.data.corpus import CorpusStats, detect_format, read_dialogues
 from chatbot.fileio import atomic_dir
 from chatbot.layout import join_turns, split_at
 from chatbot.tokenization import encode_texts, vocab_fingerprint

@@ -26,12 +26,12 @@ from chatbot.layout import (  # noqa: F401
     speaker_token_ids,
     turn_index,
 )
-from chatbot.preprocess import FORMAT_VERSION, cache_key, is_encoded_dataset, is_fresh, preprocess
+from chatbot.data.preprocess import FORMAT_VERSION, cache_key, is_encoded_dataset, is_fresh, preprocess
 from chatbot.tokenization import vocab_fingerprint
 
 
 class TokenDataset(Dataset):
-    """Examples of an encoded folder (see chatbot.preprocess), memory-mapped, never loaded whole."""
+    """Examples of an encoded folder (see chatbot.data.preprocess), memory-mapped, never loaded whole."""
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)

@@ -14,8 +14,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from chatbot.kvcache import preallocated_cache
-from chatbot.openai_gpt import openai_gpt_logits
+from chatbot.generate.kvcache import preallocated_cache
+from chatbot.model.openai_gpt import openai_gpt_logits
 from chatbot.options import check_options
 
 
@@ -212,7 +212,7 @@ def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor 
              n: int, max_new_tokens: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
     """A function from the tokens generated so far, (N, step) or None before the first, to the
     (N, V) logits of the next token of each of the N candidates, feeding the model only new tokens."""
-    # Room for the context and every new token: steps write in place (see chatbot.kvcache).
+    # Room for the context and every new token: steps write in place (see chatbot.generate.kvcache).
     cache = preallocated_cache(model.config.num_hidden_layers, context.size(1) + max_new_tokens)
     reply_types = None if reply_type_id is None else torch.full((n, 1), reply_type_id, device=context.device)
 

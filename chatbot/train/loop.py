@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from chatbot.allocator import keep_freed_memory
-from chatbot.checkpoint import (
+from chatbot.train.allocator import keep_freed_memory
+from chatbot.train.checkpoint import (
     check_finite_loss,
     check_finite_weights,
     load_state,
@@ -35,7 +35,7 @@ from chatbot.checkpoint import (
     save_checkpoint,
 )
 from chatbot.config import TrainConfig
-from chatbot.data import LengthGroupedBatchSampler, load_dataset, make_collate, padding_fraction, split_holdout
+from chatbot.data.dataset import LengthGroupedBatchSampler, load_dataset, make_collate, padding_fraction, split_holdout
 from chatbot.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -45,12 +45,12 @@ from chatbot.distributed import (
     setup_distributed,
 )
 from chatbot.evaluate import evaluate_loss
-from chatbot.export import write_model_card
+from chatbot.model.hf_files import write_model_card
 from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
-from chatbot.loss import NextTokenLoss
-from chatbot.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
-from chatbot.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
-from chatbot.precision import cpu_supports
+from chatbot.model.loss import NextTokenLoss
+from chatbot.model.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
+from chatbot.train.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
+from chatbot.model.precision import cpu_supports
 from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
 

@@ -1,6 +1,6 @@
 """Training checkpoints: written atomically, found again for --resume, pruned to a limit.
 
-A checkpoint is a model folder (see chatbot.modeling) plus `trainer_state.pt`: optimizer,
+A checkpoint is a model folder (see chatbot.model.modeling) plus `trainer_state.pt`: optimizer,
 scheduler and scaler states, every RNG state, and the position in training (step, epoch,
 batches done in that epoch), which is what an exact resume needs.
 
@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from chatbot.distributed import DistInfo, main_process_first
 from chatbot.fileio import check_output_dir, clear_outputs, recover_stale_in, remove_dir, stale_target
 from chatbot.fileio import atomic_dir as _atomic_dir
-from chatbot.modeling import TRAINING_ARGS, check_model_dir, first_line, nonfinite_parameters, save_model
+from chatbot.model.modeling import TRAINING_ARGS, check_model_dir, first_line, nonfinite_parameters, save_model
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 2  # 1: pickled numpy RNG state (never loaded again); 2: tensors and plain containers only

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from chatbot.kvcache import preallocated_cache
+from chatbot.generate.kvcache import preallocated_cache
 from chatbot.options import SamplingOptions
-from chatbot.sampling import adjust_logits, check_prompt, next_logits, sample_next_token
+from chatbot.generate.sampling import adjust_logits, check_prompt, next_logits, sample_next_token
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from safetensors import SafetensorError
 from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel, OpenAIGPTLMHeadModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from chatbot.export import export_hf_files, write_model_card
+from chatbot.model.hf_files import export_hf_files, write_model_card
 from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, speaker_token_ids
-from chatbot.precision import prepare_model, resolve_dtype
+from chatbot.model.precision import prepare_model, resolve_dtype
 from chatbot.resources import resolve_config
 from chatbot.tokenization import load_tokenizer, split_characters
 
@@ -185,7 +185,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
 
     Args:
         dtype: one of `chatbot.options.DTYPES`, resolved for `device` by
-            `chatbot.precision.resolve_dtype` (fp32 leaves the weights as trained).
+            `chatbot.model.precision.resolve_dtype` (fp32 leaves the weights as trained).
         resize_embeddings: grow the embedding to the tokenizer's size instead of refusing.
 
     Raises:
@@ -331,7 +331,7 @@ def check_vocab_fits(model: PreTrainedModel, tokenizer: BertTokenizerFast, *, wh
 
 def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenizerFast,
                training_args: dict, results: dict | None = None) -> Path:
-    """Write a self-describing model folder that Hugging Face tools use unchanged (see chatbot.export).
+    """Write a self-describing model folder that Hugging Face tools use unchanged (see chatbot.model.hf_files).
 
     Args:
         results: what training knows about these weights (`step`, `valid_ppl`, `eval_generate`),

@@ -27,8 +27,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from chatbot.bot import ChatBot
-from chatbot.engine import Engine, Job, QueueFull
-from chatbot.protocol import (ApiError, ChatRequest, ReplyHead, held_back, parse_request, split_messages,
+from chatbot.serve.engine import Engine, Job, QueueFull
+from chatbot.serve.protocol import (ApiError, ChatRequest, ReplyHead, held_back, parse_request, split_messages,
                               stop_position, usage)
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def _add_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
 def _add_page_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        html = resources.files("chatbot").joinpath("static/chat.html").read_text(encoding="utf-8")
+        html = resources.files("chatbot.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
         return HTMLResponse(html, headers=PAGE_HEADERS)
 
     @app.get("/health")

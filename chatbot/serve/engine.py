@@ -15,7 +15,7 @@ import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from chatbot.batching import BatchDecoder, NewRows
+from chatbot.generate.batching import BatchDecoder, NewRows
 from chatbot.bot import Prompt
 from chatbot.options import SamplingOptions
 

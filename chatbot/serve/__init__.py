@@ -1,0 +1,10 @@
+"""Serve: `chatbot-serve`, an OpenAI-compatible chat server batched across users, and its page.
+
+    app.py         the FastAPI app: routes, authentication, streaming (SSE) and JSON replies
+    engine.py      the scheduler: one thread runs a BatchDecoder over every request
+    protocol.py    the chat-completions request schema and response shapes
+    static/        chat.html, the page served at /
+
+Entry point: `create_app(load_bot, ServeSettings)`. The only folder that imports fastapi and
+uvicorn, so the `[serve]` extra is a real boundary.
+"""
