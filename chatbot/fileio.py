@@ -148,12 +148,14 @@ def check_output_file(path: str | Path, *, is_ours: IsOurs, overwrite: bool, wha
     """`check_output_dir` for a single output file, e.g. a JSON report."""
     path = _absolute(path)
     if path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; name a file for the {what}, e.g. {path / 'report.json'}")
+        raise ValueError(f"{flag} {path} is a folder; name a file for the {what}, "
+                         f"e.g. {path / 'report.json'}")
     if path.exists() and not is_ours(path):
         raise ValueError(f"{flag} {path} is an existing file that is not a {what}; it is left as it is. "
                          "Name a new file.")
     if path.exists() and not overwrite:
-        raise ValueError(f"{flag} {path} already holds a {what}; pass --overwrite to replace it, or name another file")
+        raise ValueError(f"{flag} {path} already holds a {what}; pass --overwrite to replace it, "
+                         "or name another file")
     check_writable(path)
     return path
 
@@ -223,6 +225,7 @@ def _disk_error(e: Exception, tmp: Path, dest: Path) -> OSError | None:
         return OSError(code, reason, filename)
     if (found := re.search(r"\(os error (\d+)\)", str(e))):
         return OSError(int(found.group(1)), os.strerror(int(found.group(1))), str(dest))
-    if isinstance(e, RuntimeError) and shutil.disk_usage(tmp if tmp.exists() else dest.parent).free < _NEARLY_FULL:
+    nearly_full = shutil.disk_usage(tmp if tmp.exists() else dest.parent).free < _NEARLY_FULL
+    if isinstance(e, RuntimeError) and nearly_full:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
     return None

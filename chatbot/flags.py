@@ -137,8 +137,8 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind) -> N
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
     convert = _argparse_type(meta["parse"]) if meta["parse"] else base
     metavar = meta["metavar"] or (None if meta["choices"] else {int: "N", float: "X"}.get(base, "PATH"))
-    parser.add_argument(*names, dest=f.name, type=convert, default=default, help=shown, choices=meta["choices"],
-                        metavar=metavar, required=not has_default)
+    parser.add_argument(*names, dest=f.name, type=convert, default=default, help=shown,
+                        choices=meta["choices"], metavar=metavar, required=not has_default)
 
 
 def _argparse_type(parse: Callable[[str], object]) -> Callable[[str], object]:
@@ -230,7 +230,8 @@ def _file_flags(parser: argparse.ArgumentParser, path: str, classes: Sequence[ty
             continue
         f = fields[name]
         if f.metadata["positional"]:
-            parser.set_defaults(**{name: [str(v) for v in value] if isinstance(value, list) else [str(value)]})
+            texts = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+            parser.set_defaults(**{name: texts})
         elif isinstance(value, list):
             argv += [f"{flag_name(f)}={v}" for v in value]
         elif isinstance(value, bool):

@@ -52,13 +52,15 @@ def chat_template(layout: str = CHITCHAT, *, max_history: int = MAX_HISTORY) -> 
     never saw one. A CHITCHAT reply needs no prompt of its own: it starts after the last [SEP].
     """
     turns = ("{%- set ns = namespace(turns=[]) -%}"
-             "{%- for m in messages if m['role'] != 'system' -%}{%- set ns.turns = ns.turns + [m['content']] -%}"
+             "{%- for m in messages if m['role'] != 'system' -%}"
+             "{%- set ns.turns = ns.turns + [m['content']] -%}"
              "{%- endfor -%}"
              "{%- set turns = ns.turns[-" + str(max_history) + ":] -%}")
     if layout == CHITCHAT:
         return turns + CLS + "{%- for turn in turns -%}{{ turn }}" + SEP + "{%- endfor -%}"
     speakers = f"['{SPEAKER_TOKENS[0]}', '{SPEAKER_TOKENS[1]}']"
-    return (turns + CLS + "{%- for turn in turns -%}{{ " + speakers + "[loop.index0 % 2] }}{{ turn }}{%- endfor -%}"
+    return (turns + CLS
+            + "{%- for turn in turns -%}{{ " + speakers + "[loop.index0 % 2] }}{{ turn }}{%- endfor -%}"
             "{%- if add_generation_prompt -%}{{ " + speakers + "[(turns | length) % 2] }}{%- endif -%}")
 
 

@@ -40,7 +40,8 @@ def is_degenerate(reply: str) -> bool:
 def reply_metrics(replies: list[str], references: list[str]) -> dict:
     """BLEU-1/2/4, Distinct-1/2, mean reply length in characters, empty and repeated shares."""
     if len(replies) != len(references) or not replies:
-        raise ValueError(f"need as many replies as references (and at least one), got {len(replies)} and {len(references)}")
+        raise ValueError("need as many replies as references (and at least one), "
+                         f"got {len(replies)} and {len(references)}")
     scores, signature = bleu_scores(replies, references)
     return {
         **scores,

@@ -65,7 +65,8 @@ def option_parser(name: str, kind: type) -> Callable[[str], int | float]:
         try:
             value = kind(text)
         except ValueError:
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise ValueError(f"expected {expected}, got {text!r}") from None
         check_options(**{name: value})
         return value
 
@@ -76,16 +77,16 @@ def option_parser(name: str, kind: type) -> Callable[[str], int | float]:
 class SamplingOptions:
     """How replies are sampled: one set for chatbot-chat, chatbot-eval and chatbot-serve."""
 
-    temperature: float = opt(1.0, "sampling temperature: divides the logits; 0 = always the most likely token",
-                             parse=option_parser("temperature", float), metavar="T")
+    temperature: float = opt(1.0, "sampling temperature: divides the logits; "
+                                  "0 = always the most likely token", parse=option_parser("temperature", float), metavar="T")
     top_k: int = opt(8, "sample among the k most likely tokens; 0 = all", parse=option_parser("top_k", int),
                      metavar="K")
     top_p: float = opt(1.0, "nucleus sampling: the fewest tokens reaching this probability; 1 = off",
                        parse=option_parser("top_p", float), metavar="P")
     repetition_penalty: float = opt(1.0, "> 1 makes tokens already in the reply less likely",
                                     parse=option_parser("repetition_penalty", float), metavar="X")
-    penalize_context: bool = opt(False, "apply the repetition penalty to the conversation's tokens too, not only "
-                                        "the reply's")
+    penalize_context: bool = opt(False, "apply the repetition penalty to the conversation's tokens "
+                                        "too, not only the reply's")
     # 3, not GPT2-chitchat's 0: on data/valid.txt it ends replies like 哈哈哈哈 without lowering
     # BLEU or Distinct-2 (README, "Choosing the sampling defaults").
     no_repeat_ngram_size: int = opt(3, "never repeat an n-gram of this size within a reply; 0 = off",
