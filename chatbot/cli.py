@@ -72,7 +72,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from chatbot.fileio import check_output_dir, check_output_file
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
-        from chatbot.data.preprocess import is_encoded_dataset, preprocess
+        from chatbot.data.encoded import is_encoded_dataset
+        from chatbot.data.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
         from chatbot.data.vocab import is_vocab_file

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatbot.data.corpus import MAX_TURN_CHARS
+from chatbot.data.encoded import unk_rate
 
 if TYPE_CHECKING:  # evaluate imports torch; reports is also used by torch-free commands
     from chatbot.evaluate import EvalReport
@@ -31,7 +32,7 @@ def print_preprocess_summary(meta: dict, output) -> None:
     rows += [
         ("turns", meta["turns"]), ("characters", meta["chars"]),
         ("examples written", meta["examples"]), ("tokens", meta["tokens"]),
-        ("[UNK] rate", f"{meta['unk_tokens'] / max(meta['tokens'], 1):.3%}"),
+        ("[UNK] rate", f"{unk_rate(meta):.3%}"),
         ("dialogues split into windows", meta["windowed_dialogues"]),
         ("turns truncated to max_len", meta["truncated_turns"]),
         *([(f"turns cut to {MAX_TURN_CHARS:,} characters while reading", meta["cut_while_reading"])]
@@ -51,7 +52,7 @@ UNK_WARN_RATE = 0.02
 
 def print_unk_rate(meta: dict, source, *, quiet: bool = False) -> None:
     """The [UNK] share of an encoded dataset (its meta.json), with a warning above UNK_WARN_RATE."""
-    rate = meta["unk_tokens"] / max(meta["tokens"], 1)
+    rate = unk_rate(meta)
     if not quiet:
         console.print(f"[UNK] rate of {source}: {rate:.1%} ({meta['unk_tokens']:,} of {meta['tokens']:,} tokens)",
                       markup=False, highlight=False, soft_wrap=True)
