@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from chatbot.data.dataset import (IGNORE_INDEX, LengthGroupedBatchSampler, make_collate, padding_fraction, reverse_turns,
-                          split_holdout, turn_index)
+from chatbot.data.dataset import LengthGroupedBatchSampler, make_collate, padding_fraction, split_holdout
+from chatbot.layout import IGNORE_INDEX, reverse_turns, turn_index
 
 X = IGNORE_INDEX
 # [CLS]=2 [SEP]=3 [PAD]=0; 7..9 are ordinary tokens

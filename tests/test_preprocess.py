@@ -9,7 +9,7 @@ import pytest
 
 from chatbot.cli import preprocess_main
 from chatbot.data.dataset import TokenDataset, load_dataset
-from chatbot.data.preprocess import preprocess, split_at, window_turns
+from chatbot.data.preprocess import preprocess, window_turns
 from chatbot.tokenization import encode_texts
 
 CLS, SEP = 2, 3
@@ -65,11 +65,6 @@ def test_text_format_cuts_running_text_into_windows(tmp_path, tokenizer):
     ds = TokenDataset(tmp_path / "enc")
     assert [tokenizer.convert_ids_to_tokens(ds[i].tolist()) for i in range(len(ds))] == [
         ["[CLS]", "你", "好", "吗", "我", "[SEP]"], ["[CLS]", "很", "好", "[SEP]"], ["[CLS]", "谢", "谢", "[SEP]"]]
-
-
-def test_split_at():
-    assert split_at([7, SEP, 8, 9, SEP], SEP) == [[7], [8, 9], []]
-    assert split_at([SEP, SEP], SEP) == [[], [], []] and split_at([], SEP) == [[]]
 
 
 def test_dialogue_ids_equal_its_turns_encoded_one_by_one(tmp_path, tokenizer):

@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from chatbot.tokenization import decode_ids, encode_texts, load_tokenizer
-from chatbot.data.vocab import SPECIAL_TOKENS, corpus_vocab, gb2312_hanzi, main, standard_vocab
+from chatbot.data.vocab import corpus_vocab, gb2312_hanzi, main, standard_vocab
+from chatbot.layout import SPECIAL_TOKENS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "vocab" / "vocab.txt"
 
