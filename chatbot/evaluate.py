@@ -101,10 +101,6 @@ class EvalReport:
                 "generation": {name: {"options": g.options, **g.metrics} for name, g in self.generation.items()},
                 "samples": {name: g.samples for name, g in self.generation.items()}}
 
-    def __getitem__(self, key: str):
-        """`report["generation"]` etc.: the JSON form's keys, as when reports were dicts."""
-        return self.to_dict()[key]
-
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2))
 

@@ -35,19 +35,19 @@ def test_sample_indices_is_a_seeded_sorted_subset():
 def test_evaluate_model_reports_perplexity_and_reply_metrics(tiny_model_dir, corpus):
     report = evaluate_model(str(tiny_model_dir), str(corpus), greedy=True, device="cpu", progress=False,
                             sampling={"max_new_tokens": 8})
-    assert report["examples"] == 4 and report["loss_on"] == "all"
+    assert report.examples == 4 and report.loss_on == "all"
     # 22-token vocabulary, random weights: perplexity near the vocabulary size.
-    assert 10 < report["perplexity"]["ppl"] < 40 and report["perplexity"]["tokens"] == 38  # 11 + 10 + 6 + 11 labels
-    assert set(report["generation"]) == {"sampled", "greedy"}
-    sampled = report["generation"]["sampled"]
-    assert sampled["options"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 8}
+    assert 10 < report.perplexity["ppl"] < 40 and report.perplexity["tokens"] == 38  # 11 + 10 + 6 + 11 labels
+    assert set(report.generation) == {"sampled", "greedy"}
+    sampled = report.generation["sampled"]
+    assert sampled.options == {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 8}
     assert {"bleu-1", "bleu-2", "bleu-4", "distinct-1", "distinct-2", "avg_reply_chars", "empty_share",
-            "repeated_share"} <= set(sampled)
-    assert [s["reference"] for s in report["samples"]["greedy"]] == ["我很好", "谢谢", "你好", "我很好，谢谢"]
+            "repeated_share"} <= set(sampled.metrics)
+    greedy = report.generation["greedy"]
+    assert [s["reference"] for s in greedy.samples] == ["我很好", "谢谢", "你好", "我很好，谢谢"]
     again = evaluate_model(str(tiny_model_dir), str(corpus), greedy=True, device="cpu", progress=False,
                            sampling={"max_new_tokens": 8})
-    assert again["samples"] == report["samples"]  # same seed, same replies
-
+    assert again == report  # same seed, same replies
 
 def test_cli_writes_json_report(tiny_model_dir, corpus, tmp_path, capsys):
     out = tmp_path / "report.json"

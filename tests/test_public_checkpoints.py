@@ -313,8 +313,8 @@ def test_preprocess_and_eval_read_a_cdial_folder_as_the_model_does(cdial_dir, tm
     assert encoded.meta["max_len"] == 63  # the layout's extra token fits the model's 64 positions
     report = evaluate_model(str(cdial_dir), str(tmp_path / "enc"), device="cpu", progress=False,
                             sampling={"max_new_tokens": 3})
-    assert report["perplexity"]["tokens"] == 8 + 6  # every turn's tokens and the final [SEP], no speaker token
-    assert report["samples"]["sampled"][0]["history"] == ["你好ab"]
+    assert report.perplexity["tokens"] == 8 + 6  # every turn's tokens and the final [SEP], no speaker token
+    assert report.generation["sampled"].samples[0]["history"] == ["你好ab"]
 
 
 def test_chatbot_serve_serves_a_cdial_folder_in_its_layout(cdial_dir):
