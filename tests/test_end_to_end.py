@@ -29,14 +29,12 @@ def run(args, env, **kw):
     return done
 
 
-def test_preprocess_train_eval_chat_and_bot(tmp_path, vocab_file, env):
+def test_preprocess_train_eval_chat_and_bot(tmp_path, vocab_file, model_config, env):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\n谢谢"] * 10), encoding="utf-8")
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}))
     run([script("chatbot-preprocess"), str(corpus), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file),
          "--max-len", "64", "--quiet"], env)
-    run([script("chatbot-train"), "--train", str(tmp_path / "enc"), "--valid", str(corpus), "--config", str(config),
+    run([script("chatbot-train"), "--train", str(tmp_path / "enc"), "--valid", str(corpus), "--config", str(model_config),
          "--vocab", str(vocab_file), "--output-dir", str(tmp_path / "model"), "--max-steps", "4", "--quiet"], env)
     model = tmp_path / "model" / "final"
     run([script("chatbot-eval"), "--model", str(model), "--data", str(corpus), "--num-samples", "3",

@@ -13,10 +13,9 @@ from chatbot.layout import CDIAL
 from chatbot.model.modeling import load_model, save_model
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import decode_ids
-from tests.test_public_checkpoints import CLS as CDIAL_CLS
-from tests.test_public_checkpoints import SPK1, SPK2, cdial_dir  # noqa: F401 (a fixture)
 
 CLS, SEP = 2, 3
+CDIAL_CLS, SPK1, SPK2 = 0, 17, 18  # their ids in conftest's CDIAL_VOCAB
 # A space next to a CJK character or full-width punctuation: what BERT's own decoder prints.
 SPACED_CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef] | [\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 

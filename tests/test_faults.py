@@ -20,7 +20,9 @@ from safetensors.torch import load_file, save_file
 from chatbot.train.checkpoint import STATE_FILE
 from chatbot.cli import eval_main, preprocess_main, train_main
 from chatbot.model.modeling import load_model
-from test_train import cache, corpus, model_config  # noqa: F401 - the same fixtures
+
+# Raw corpora are encoded into each test's own cache (snapshot() leaves it out).
+pytestmark = pytest.mark.usefixtures("chatbot_cache")
 
 
 def snapshot(folder: Path) -> dict:

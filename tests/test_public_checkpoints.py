@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTLMHeadModel
 
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main, preprocess_main, train_main
@@ -14,34 +14,11 @@ from chatbot.data.dataset import TokenDataset
 from chatbot.evaluate import evaluate_model
 from chatbot.model.modeling import dialogue_layout, load_model
 from chatbot.tokenization import load_tokenizer, split_characters, vocab_fingerprint
+from tests.conftest import CDIAL_VOCAB, cdial_config, drain
 
-# CDial-GPT's vocab.txt starts [CLS] [PAD] [SEP] [UNK] and ends [speaker1] [speaker2]; it has no [MASK].
-CDIAL_VOCAB = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", *"你好吗我很谢今天气", "a", "b", "1", "，",
-               "[speaker1]", "[speaker2]"]
-CLS, PAD, SEP, UNK, SPK1, SPK2 = 0, 1, 2, 3, 17, 18
+CLS, PAD, SEP, UNK, SPK1, SPK2 = 0, 1, 2, 3, 17, 18  # their ids in CDIAL_VOCAB
 # uer/gpt2-chinese-*: bert-base-chinese's vocab.txt ([PAD], [unusedN], [UNK], [CLS], [SEP], [MASK], ...).
 UER_VOCAB = ["[PAD]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"你好吗我很谢今天气"]
-
-
-def cdial_config(vocab_size: int) -> dict:
-    """config.json as thu-coai/CDial-GPT_LCCC-base has it (transformers 2.x: no model_type), but tiny."""
-    return {"afn": "gelu", "attn_pdrop": 0.1, "embd_pdrop": 0.1, "finetuning_task": None, "initializer_range": 0.02,
-            "is_decoder": False, "layer_norm_epsilon": 1e-05, "n_ctx": 64, "n_embd": 32, "n_head": 2, "n_layer": 2,
-            "n_positions": 64, "n_special": 0, "output_past": True, "predict_special_tokens": True,
-            "resid_pdrop": 0.1, "summary_type": "cls_index", "torchscript": False, "vocab_size": vocab_size}
-
-
-@pytest.fixture(scope="module")
-def cdial_dir(tmp_path_factory):
-    """A CDial-GPT LCCC folder: config.json, pytorch_model.bin and vocab.txt, nothing else."""
-    folder = tmp_path_factory.mktemp("CDial-GPT_LCCC-tiny")
-    fields = cdial_config(len(CDIAL_VOCAB))
-    torch.manual_seed(0)
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**{**fields, "initializer_range": 0.5}))
-    (folder / "config.json").write_text(json.dumps(fields), encoding="utf-8")
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    (folder / "vocab.txt").write_text("\n".join(CDIAL_VOCAB) + "\n", encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +91,6 @@ def test_cdial_replies_batched_are_the_replies_alone(cdial_dir):
     from chatbot.generate.batching import BatchDecoder, NewRows
     from chatbot.options import SamplingOptions
     from chatbot.generate.sampling import generate_tokens
-    from tests.test_batching import drain
 
     model = load_model(cdial_dir)[0]
     prompts = [([CLS, SPK1, 4, 5, SPK2], [CLS, SPK1, SPK1, SPK1, SPK2]),
@@ -226,11 +202,10 @@ def test_cdial_collate_builds_cdial_gpts_training_input(cdial_dir):
     assert everything["labels"].tolist() == [[-100, -100, 4, 5, -100, 9, SEP]]  # never [CLS] or a speaker token
 
 
-def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir, tmp_path, monkeypatch):
+def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir, tmp_path, chatbot_cache):
     from chatbot.config import TrainConfig
     from chatbot.train.loop import train
 
-    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
     corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\nab 11"] * 4), encoding="utf-8")
     result = train(TrainConfig(train=str(corpus), pretrained=str(cdial_dir), output_dir=str(tmp_path / "out"),
@@ -246,11 +221,10 @@ def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir,
     assert ChatBot(tuned, tokenizer, training_args={"layout": "cdial"}).reply("你好", seed=0)
 
 
-def test_fine_tuning_a_uer_gpt2_folder_by_hub_style_path(uer_dir, tmp_path, monkeypatch):
+def test_fine_tuning_a_uer_gpt2_folder_by_hub_style_path(uer_dir, tmp_path, chatbot_cache):
     from chatbot.config import TrainConfig
     from chatbot.train.loop import train
 
-    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
     corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\n谢谢"] * 4), encoding="utf-8")
     train(TrainConfig(train=str(corpus), pretrained=str(uer_dir), output_dir=str(tmp_path / "out"), epochs=1,
@@ -274,12 +248,11 @@ def hub_cache(tmp_path, monkeypatch, uer_dir, cdial_dir):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
-def test_hub_ids_load_from_the_cache_offline(hub_cache, tmp_path, monkeypatch, capsys):
+def test_hub_ids_load_from_the_cache_offline(hub_cache, chatbot_cache, tmp_path):
     bot = ChatBot.from_pretrained("thu-coai/CDial-GPT_tiny", device="cpu", max_new_tokens=4)
     assert isinstance(bot._forward.model, OpenAIGPTLMHeadModel) and bot.reply("你好", seed=0)
     reranked = ChatBot.from_pretrained("uer/gpt2-tiny", device="cpu", mmi_model="uer/gpt2-tiny", num_candidates=2)
     assert reranked.reply("你好", seed=0)
-    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
     corpus.write_text("你好\n我很好\n\n今天\n天气好\n", encoding="utf-8")
     assert train_main(["--train", str(corpus), "--pretrained", "uer/gpt2-tiny", "--output-dir", str(tmp_path / "out"),
