@@ -167,7 +167,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(lengths) < num_replicas:
             raise ValueError(f"{len(lengths)} examples cannot be split across {num_replicas} processes")
-        self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
+        self.lengths, self.batch_size = np.asarray(lengths), batch_size
+        self.shuffle, self.seed = shuffle, seed
         self.num_replicas, self.rank, self.group_size = num_replicas, rank, group_size
         self.epoch = self.start_batch = 0
 

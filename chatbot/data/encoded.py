@@ -71,7 +71,7 @@ def open_arrays(folder: str | Path, meta: dict) -> tuple[np.ndarray, np.ndarray]
 
 
 def _our_meta(folder: Path) -> dict | None:
-    """The meta.json of a folder preprocess wrote (any format version) and nothing else added to, else None."""
+    """The meta.json of a folder preprocess wrote (any format version) and no one added to, else None."""
     try:
         meta = _parse_meta(folder)
     except (OSError, ValueError):

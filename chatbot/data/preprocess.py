@@ -111,7 +111,8 @@ class Encoder:
             windows = window_turns([len(t) for t in turns], self.max_len)
             stats.windowed_dialogues += len(windows) > 1
             for start, end in windows:
-                self._emit(join_turns(turns[start:end], cls_id=self.cls, sep_id=self.sep), ids, lengths, stats)
+                example = join_turns(turns[start:end], cls_id=self.cls, sep_id=self.sep)
+                self._emit(example, ids, lengths, stats)
         return ids, lengths, stats
 
     def _emit(self, example: list[int], ids: list[int], lengths: list[int], stats: EncodeStats) -> None:
@@ -147,7 +148,8 @@ def preprocess(corpora: list[str | Path], output: str | Path, tokenizer: BertTok
                             skip_bad=skip_bad, workers=workers, progress=progress)
 
 
-def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, skip_bad, workers, progress) -> dict:
+def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, skip_bad, workers,
+                 progress) -> dict:
     started = time.perf_counter()
     dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
     read_stats = [CorpusStats() for _ in corpora]
@@ -174,7 +176,8 @@ def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, sk
     meta = {
         "format_version": FORMAT_VERSION, "dtype": np.dtype(dtype).name, "max_len": max_len,
         "vocab_size": len(tokenizer), "vocab_fingerprint": vocab_fingerprint(tokenizer),
-        "corpus_format": [detect_format(p) if format == "auto" else format for p in corpora], "split": split, "text_mode": text_mode,
+        "corpus_format": [detect_format(p) if format == "auto" else format for p in corpora],
+        "split": split, "text_mode": text_mode,
         "sources": [source_info(p) for p in corpora],
         "dialogues": read.dialogues, "turns": read.turns, "chars": read.chars,
         "examples": total.examples, "tokens": total.tokens, "unk_tokens": total.unk,
