@@ -71,8 +71,9 @@ def test_cli_bad_input_exits_2(tiny_model_dir, tmp_path, capsys, chatbot_cache):
 
 
 def test_train_eval_generate_logs_reply_metrics(valid_corpus, model_config, vocab_file, tmp_path):
-    train(TrainConfig(train=str(valid_corpus), valid=str(valid_corpus), config=str(model_config), vocab=str(vocab_file),
-                      output_dir=str(tmp_path / "out"), epochs=1, batch_size=2, quiet=True, eval_generate=3))
+    train(TrainConfig(train=str(valid_corpus), valid=str(valid_corpus), config=str(model_config),
+                      vocab=str(vocab_file), output_dir=str(tmp_path / "out"), epochs=1, batch_size=2,
+                      quiet=True, eval_generate=3))
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     generated = [r for r in rows if "eval_generate" in r]
     assert len(generated) == 1 and generated[0]["step"] == 2

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from chatbot.layout import (IGNORE_INDEX, SPECIAL_TOKENS, join_turns, label_mask, reverse_turns, speaker_token_ids,
-                            speaker_type_ids, split_at, split_turns)
+from chatbot.layout import (IGNORE_INDEX, SPECIAL_TOKENS, join_turns, label_mask, reverse_turns,
+                            speaker_token_ids, speaker_type_ids, split_at, split_turns)
 
 CLS, SEP = 2, 3
 TURNS = [[7, 8], [9], [7]]

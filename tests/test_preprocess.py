@@ -127,18 +127,20 @@ def test_encoded_folder_must_match_vocab_and_max_len(tmp_path, tokenizer):
 def test_cli_summary_and_exit_codes(tmp_path, vocab_file, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('["你好", "我很好"]\n["bad"\n', encoding="utf-8")
-    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file)]) == 2
+    args = [str(corpus), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file)]
+    assert preprocess_main(args) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "c.jsonl:2: malformed JSON" in err and "Traceback" not in err
-    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file), "--skip-bad"]) == 0
+    assert preprocess_main([*args, "--skip-bad"]) == 0
     err = capsys.readouterr().err
     assert "skipped: malformed record" in err and "[UNK] rate" in err
     assert np.load(tmp_path / "enc" / "offsets.npy").tolist() == [0, 8]
 
 
 def test_cli_encodes_without_importing_torch(tmp_path, vocab_file):
-    # torch is +300 MB of RSS and seconds of start-up that encoding never uses (only --tokenizer MODEL needs it).
-    # transformers 5.3 imports it with any tokenizer; there the test checks that chatbot adds nothing to that.
+    # torch is +300 MB of RSS and seconds of start-up that encoding never uses (only --tokenizer MODEL
+    # needs it). transformers 5.3 imports it with any tokenizer; there the test checks that chatbot adds
+    # nothing to that.
     (tmp_path / "c.txt").write_text("你好\n我很好\n", encoding="utf-8")
     code = ("import sys\nfrom transformers import BertTokenizerFast\nalready = set(sys.modules)\n"
             "from chatbot.cli import preprocess_main\nassert preprocess_main(sys.argv[1:]) == 0\n"
@@ -155,7 +157,8 @@ def test_cli_builds_vocab_from_corpus(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("妳好😀\n妳們好\n", encoding="utf-8")
     out = tmp_path / "my_vocab.txt"
-    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab-out", str(out), "--quiet"]) == 0
+    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab-out", str(out),
+                            "--quiet"]) == 0
     assert json.loads((tmp_path / "enc" / "meta.json").read_text())["unk_tokens"] == 0
     assert "妳" in out.read_text(encoding="utf-8").split("\n")
 
