@@ -35,7 +35,7 @@ from transformers import DynamicCache, GPT2Config
 
 import chatbot.generate.sampling
 
-from chatbot.generate.prompt import join_turns
+from chatbot.layout import join_turns
 from chatbot.model.modeling import build_model, load_gpt2_config, special_ids
 from chatbot.model.precision import prepare_model
 from chatbot.generate.sampling import generate_tokens

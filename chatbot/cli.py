@@ -44,7 +44,8 @@ def run_command(fn: Callable[[], int | None], debug: bool = False) -> int:
         message = describe_os_error(e) if isinstance(e, OSError) else str(e)
     except Exception as e:  # noqa: BLE001 - the one place a bug becomes a message instead of a traceback
         failure, code = e, EXIT_BUG
-        message = (f"internal error ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
+        message = (f"internal error ({type(e).__name__}: "
+                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
                    "This is a bug in chatbot: re-run with --debug for the traceback and report it")
     if debug:
         traceback.print_exception(failure)
@@ -65,14 +66,15 @@ def describe_os_error(e: OSError) -> str:
 def preprocess_main(argv: list[str] | None = None) -> int:
     """chatbot-preprocess: encode dialogue corpora into a memory-mapped token store."""
     parser = build_parser(
-        "chatbot-preprocess", "Encode corpora into [CLS] u1 [SEP] u2 [SEP] ... id sequences, stored compactly "
-        "for training.", PreprocessConfig, CommonOptions)
+        "chatbot-preprocess", "Encode corpora into [CLS] u1 [SEP] u2 [SEP] ... id sequences, stored "
+        "compactly for training.", PreprocessConfig, CommonOptions)
     cfg, common = parse_options(parser, argv, PreprocessConfig, CommonOptions)
 
     def body() -> None:
         from chatbot.fileio import check_output_dir, check_output_file
         from chatbot.layout import CHITCHAT, EXTRA_TOKENS
-        from chatbot.data.preprocess import is_encoded_dataset, preprocess
+        from chatbot.data.encoded import is_encoded_dataset
+        from chatbot.data.preprocess import preprocess
         from chatbot.reports import print_preprocess_summary
         from chatbot.tokenization import load_tokenizer
         from chatbot.data.vocab import is_vocab_file
@@ -84,7 +86,8 @@ def preprocess_main(argv: list[str] | None = None) -> int:
                               what="vocabulary", flag="--vocab-out")
         layout = CHITCHAT
         if cfg.vocab_out:
-            tokenizer = load_tokenizer(_build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))
+            tokenizer = load_tokenizer(
+                _build_vocab(cfg.corpus, cfg.vocab_out, cfg.min_freq, cfg.format, cfg.split))
         elif cfg.tokenizer:
             # Only here: chatbot.model.modeling imports torch, +300 MB of RSS that encoding never uses.
             from chatbot.model.modeling import load_model_tokenizer
@@ -106,7 +109,8 @@ def _build_vocab(corpora, output, min_freq, format, split) -> str:
     from chatbot.data.corpus import read_dialogues
     from chatbot.data.vocab import corpus_vocab, write_vocab
 
-    texts = (t for path in corpora for d in read_dialogues(path, format=format, split=split, skip_bad=True) for t in d)
+    texts = (t for path in corpora
+             for d in read_dialogues(path, format=format, split=split, skip_bad=True) for t in d)
     tokens = corpus_vocab(texts, min_freq)
     print(f"wrote a {len(tokens)}-token vocabulary to {write_vocab(tokens, output)}", file=sys.stderr)
     return output
@@ -114,10 +118,12 @@ def _build_vocab(corpora, output, min_freq, format, split) -> str:
 
 def train_parser() -> argparse.ArgumentParser:
     return build_parser(
-        "chatbot-train", "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained folder). "
-        "With no arguments: the bundled tiny config on the bundled sample dialogues, into ./model. Several GPUs: "
-        "torchrun --nproc_per_node N --no-python chatbot-train ...", TrainConfig, CommonOptions,
-        epilog="Re-run a training: chatbot-train --config-file model/final/training_args.json --output-dir DIR")
+        "chatbot-train", "Train a GPT-2 chitchat model (from a config, or fine-tuned from a pretrained "
+        "folder). With no arguments: the bundled tiny config on the bundled sample dialogues, into "
+        "./model. Several GPUs: torchrun --nproc_per_node N --no-python chatbot-train ...",
+        TrainConfig, CommonOptions,
+        epilog="Re-run a training: chatbot-train --config-file model/final/training_args.json "
+               "--output-dir DIR")
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -146,9 +152,11 @@ def chat_parser() -> argparse.ArgumentParser:
         "print one reply per line (no prompts, no colour).", ChatConfig, SamplingOptions, CommonOptions)
 
 
-def _check_candidates(parser: argparse.ArgumentParser, options: SamplingOptions, mmi_model: str | None) -> None:
+def _check_candidates(parser: argparse.ArgumentParser, options: SamplingOptions,
+                      mmi_model: str | None) -> None:
     if options.num_candidates > 1 and mmi_model is None:
-        parser.error(f"--candidates {options.num_candidates} needs --mmi-model DIR to choose between candidates")
+        parser.error(f"--candidates {options.num_candidates} needs --mmi-model DIR "
+                     "to choose between candidates")
 
 
 def chat_main(argv: list[str] | None = None) -> int:
@@ -167,7 +175,8 @@ def _chat(cfg: ChatConfig, options: SamplingOptions) -> int:
     from chatbot.bot import ChatBot
     from chatbot.repl import Session, prompt_reader, run_piped, run_repl
 
-    log_dir, autosave = _transcript_plan(cfg.log_dir, cfg.transcript)  # before loading: a bad --log-dir fails at once
+    # Before loading the model: a bad --log-dir fails at once.
+    log_dir, autosave = _transcript_plan(cfg.log_dir, cfg.transcript)
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
     bot = ChatBot.from_pretrained(cfg.model, cfg.device, dtype=cfg.dtype, mmi_model=cfg.mmi_model,
                                   max_history=cfg.max_history, **dataclasses.asdict(options))
@@ -220,9 +229,10 @@ def _save_transcript(session) -> bool:
 
 def eval_parser() -> argparse.ArgumentParser:
     return build_parser(
-        "chatbot-eval", "Perplexity and reply metrics (BLEU-1/2/4 on characters, Distinct-1/2, reply length, "
-        "empty and repeated replies) of a model on a corpus. Each dialogue's last turn is the reference for a "
-        "reply generated from the turns before it, with the sampling options chatbot-chat uses.",
+        "chatbot-eval", "Perplexity and reply metrics (BLEU-1/2/4 on characters, Distinct-1/2, reply "
+        "length, empty and repeated replies) of a model on a corpus. Each dialogue's last turn is the "
+        "reference for a reply generated from the turns before it, with the sampling options "
+        "chatbot-chat uses.",
         EvalConfig, SamplingOptions, CommonOptions,
         epilog="CDial-GPT's evaluation setting: --temperature 0.7 --top-p 0.9 --top-k 0")
 
@@ -242,12 +252,12 @@ def eval_main(argv: list[str] | None = None) -> int:
             check_output_file(cfg.output, is_ours=is_eval_report, overwrite=cfg.overwrite,
                               what="chatbot-eval report", flag="--output")
         _quiet_transformers()
-        report = evaluate_model(cfg.model, cfg.data, format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
-                                loss_on=cfg.loss_on, batch_size=cfg.batch_size, num_samples=cfg.num_samples,
-                                seed=cfg.seed, sampling=dataclasses.asdict(options), greedy=cfg.greedy,
+        report = evaluate_model(cfg.model, cfg.data, format=cfg.format, split=cfg.split,
+                                skip_bad=cfg.skip_bad, loss_on=cfg.loss_on, batch_size=cfg.batch_size,
+                                num_samples=cfg.num_samples, seed=cfg.seed,
+                                sampling=dataclasses.asdict(options), greedy=cfg.greedy,
                                 max_history=cfg.max_history, device=cfg.device, dtype=cfg.dtype,
-                                generate=cfg.generate,
-                                progress=not cfg.quiet)
+                                generate=cfg.generate, progress=not cfg.quiet)
         if not cfg.quiet:  # shown first: a disk failing at the write still leaves the results on screen
             print_eval_report(report, cfg.examples)
         if cfg.output:
@@ -258,9 +268,9 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 def serve_parser() -> argparse.ArgumentParser:
     return build_parser(
-        "chatbot-serve", "Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, "
-        "GET /health) with a chat page at /. Concurrent requests are decoded together.", ServeConfig, SamplingOptions,
-        CommonOptions)
+        "chatbot-serve", "Serve a model over an OpenAI-compatible API (POST /v1/chat/completions, "
+        "GET /v1/models, GET /health) with a chat page at /. Concurrent requests are decoded together.",
+        ServeConfig, SamplingOptions, CommonOptions)
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -297,7 +307,8 @@ def _serve(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) -> i
 
     app = create_app(lambda: ChatBot.from_pretrained(cfg.model, cfg.device, dtype=cfg.dtype,
                                                      max_history=cfg.max_history,
-                                                     **dataclasses.asdict(options)), settings, on_load_error=load_failed)
+                                                     **dataclasses.asdict(options)),
+                     settings, on_load_error=load_failed)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info"))
     server.run()
     if failures:  # run_command reports a user error (bad folder, bad option) as one line

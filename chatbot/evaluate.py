@@ -96,14 +96,11 @@ class EvalReport:
     generation: dict[str, Generation] = field(default_factory=dict)  # "sampled", "greedy"
 
     def to_dict(self) -> dict:
+        runs = self.generation.items()
         return {"model": self.model, "data": self.data, "examples": self.examples, "loss_on": self.loss_on,
                 "perplexity": self.perplexity,
-                "generation": {name: {"options": g.options, **g.metrics} for name, g in self.generation.items()},
-                "samples": {name: g.samples for name, g in self.generation.items()}}
-
-    def __getitem__(self, key: str):
-        """`report["generation"]` etc.: the JSON form's keys, as when reports were dicts."""
-        return self.to_dict()[key]
+                "generation": {name: {"options": g.options, **g.metrics} for name, g in runs},
+                "samples": {name: g.samples for name, g in runs}}
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2))
@@ -164,8 +161,9 @@ def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: st
     device = resolve_device(device)
     model, tokenizer, args = load_model(model_dir, device, dtype)
     layout = dialogue_layout(model.config.model_type, tokenizer, args)
-    dataset = load_dataset(data, tokenizer, max_len=context_limit(model, args) - EXTRA_TOKENS[layout], format=format,
-                           split=split, skip_bad=skip_bad, progress=progress)
+    max_len = context_limit(model, args) - EXTRA_TOKENS[layout]
+    dataset = load_dataset(data, tokenizer, max_len=max_len, format=format, split=split, skip_bad=skip_bad,
+                           progress=progress)
     indices = sample_indices(len(dataset), num_samples, seed)
     loss_on = loss_on or args.get("loss_on", "all")
     collate = make_collate(tokenizer, loss_on=loss_on, speaker_ids=bool(args.get("speaker_ids")),

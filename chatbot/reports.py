@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatbot.data.corpus import MAX_TURN_CHARS
+from chatbot.data.encoded import unk_rate
 
 if TYPE_CHECKING:  # evaluate imports torch; reports is also used by torch-free commands
     from chatbot.evaluate import EvalReport
@@ -31,7 +32,7 @@ def print_preprocess_summary(meta: dict, output) -> None:
     rows += [
         ("turns", meta["turns"]), ("characters", meta["chars"]),
         ("examples written", meta["examples"]), ("tokens", meta["tokens"]),
-        ("[UNK] rate", f"{meta['unk_tokens'] / max(meta['tokens'], 1):.3%}"),
+        ("[UNK] rate", f"{unk_rate(meta):.3%}"),
         ("dialogues split into windows", meta["windowed_dialogues"]),
         ("turns truncated to max_len", meta["truncated_turns"]),
         *([(f"turns cut to {MAX_TURN_CHARS:,} characters while reading", meta["cut_while_reading"])]
@@ -51,13 +52,15 @@ UNK_WARN_RATE = 0.02
 
 def print_unk_rate(meta: dict, source, *, quiet: bool = False) -> None:
     """The [UNK] share of an encoded dataset (its meta.json), with a warning above UNK_WARN_RATE."""
-    rate = meta["unk_tokens"] / max(meta["tokens"], 1)
+    rate = unk_rate(meta)
     if not quiet:
-        console.print(f"[UNK] rate of {source}: {rate:.1%} ({meta['unk_tokens']:,} of {meta['tokens']:,} tokens)",
+        console.print(f"[UNK] rate of {source}: {rate:.1%} "
+                      f"({meta['unk_tokens']:,} of {meta['tokens']:,} tokens)",
                       markup=False, highlight=False, soft_wrap=True)
     if rate > UNK_WARN_RATE:
-        console.print(f"warning: {rate:.1%} of the tokens are [UNK] (more than {UNK_WARN_RATE:.0%}): the vocabulary "
-                      f"lacks many characters of {source} (traditional characters?). Build one from the corpus with "
+        console.print(f"warning: {rate:.1%} of the tokens are [UNK] (more than {UNK_WARN_RATE:.0%}): "
+                      f"the vocabulary lacks many characters of {source} (traditional characters?). "
+                      "Build one from the corpus with "
                       f"`chatbot-preprocess {source} --vocab-out my_vocab.txt -o enc` and train with "
                       "--vocab my_vocab.txt (a --pretrained model keeps its own tokenizer)",
                       markup=False, highlight=False, soft_wrap=True)
@@ -67,7 +70,8 @@ def print_eval_report(report: EvalReport, examples: int = 0) -> None:
     ppl = report.perplexity
     rows = [("model", report.model), ("data", report.data), ("examples", report.examples)]
     if ppl is not None:
-        rows += [(f"perplexity (loss on {report.loss_on})", f"{ppl['ppl']:.2f}"), ("scored tokens", ppl["tokens"])]
+        rows += [(f"perplexity (loss on {report.loss_on})", f"{ppl['ppl']:.2f}"),
+                 ("scored tokens", ppl["tokens"])]
     for name, g in report.generation.items():
         m = g.metrics
         options = ", ".join(f"{k}={v}" for k, v in g.options.items())

@@ -1,3 +1,6 @@
+"""Fixtures and helpers shared by the test modules (a test module never imports another)."""
+
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -6,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel  # noqa: E402
 
 from chatbot.model.modeling import save_model  # noqa: E402
 from chatbot.tokenization import load_tokenizer  # noqa: E402
@@ -50,3 +53,65 @@ def tiny_model(tokenizer):
 def tiny_model_dir(tmp_path, tiny_model, tokenizer):
     """A complete model folder as chatbot-train writes it, with random weights."""
     return save_model(tmp_path / "tiny-model", tiny_model, tokenizer, {"max_len": 32, "loss_on": "all"})
+
+
+@pytest.fixture
+def chatbot_cache(tmp_path, monkeypatch):
+    """Raw corpora are encoded into this test's folder, never into the user's ~/.cache/chatbot."""
+    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+TRAIN_DIALOGUES = ["你好\n你好吗\n我很好", "今天天气很好\n谢谢", "你好吗\n我很好\n谢谢", "今天\n天气好"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A 20-dialogue training corpus in the plain-text format."""
+    path = tmp_path / "train.txt"
+    path.write_text("\n\n".join(TRAIN_DIALOGUES * 5), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def model_config(tmp_path):
+    """A tiny GPT-2 architecture file, as chatbot-train --config reads it."""
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}))
+    return path
+
+
+# CDial-GPT's vocab.txt starts [CLS] [PAD] [SEP] [UNK] and ends [speaker1] [speaker2]; it has no [MASK].
+CDIAL_VOCAB = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", *"你好吗我很谢今天气", "a", "b", "1", "，",
+               "[speaker1]", "[speaker2]"]
+
+
+def cdial_config(vocab_size: int) -> dict:
+    """config.json as thu-coai/CDial-GPT_LCCC-base has it (transformers 2.x: no model_type), but tiny."""
+    return {"afn": "gelu", "attn_pdrop": 0.1, "embd_pdrop": 0.1, "finetuning_task": None,
+            "initializer_range": 0.02, "is_decoder": False, "layer_norm_epsilon": 1e-05, "n_ctx": 64,
+            "n_embd": 32, "n_head": 2, "n_layer": 2, "n_positions": 64, "n_special": 0, "output_past": True,
+            "predict_special_tokens": True, "resid_pdrop": 0.1, "summary_type": "cls_index",
+            "torchscript": False, "vocab_size": vocab_size}
+
+
+@pytest.fixture(scope="module")
+def cdial_dir(tmp_path_factory):
+    """A CDial-GPT LCCC folder: config.json, pytorch_model.bin and vocab.txt, nothing else."""
+    folder = tmp_path_factory.mktemp("CDial-GPT_LCCC-tiny")
+    fields = cdial_config(len(CDIAL_VOCAB))
+    torch.manual_seed(0)
+    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**{**fields, "initializer_range": 0.5}))
+    (folder / "config.json").write_text(json.dumps(fields), encoding="utf-8")
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "vocab.txt").write_text("\n".join(CDIAL_VOCAB) + "\n", encoding="utf-8")
+    return folder
+
+
+def drain(decoder, out=None):
+    """Step a BatchDecoder until it is empty; each key's tokens, appended to those already in `out`."""
+    out = {} if out is None else out
+    while len(decoder):
+        for key, token_id, _ in decoder.step():
+            out.setdefault(key, []).append(token_id)
+    return out

@@ -15,7 +15,8 @@ def test_every_config_builds_a_model_tied_to_the_vocab(name):
     tokenizer = load_tokenizer(ROOT / "vocab" / "vocab.txt")
     config = load_gpt2_config(ROOT / "configs" / name, tokenizer)
     assert (config.n_layer, config.n_embd, config.n_head, config.n_positions) == EXPECTED[name]
-    assert (config.vocab_size, config.bos_token_id, config.eos_token_id, config.pad_token_id) == (7293, 2, 3, 0)
+    assert (config.vocab_size, config.bos_token_id, config.eos_token_id,
+            config.pad_token_id) == (7293, 2, 3, 0)
     assert not hasattr(config, "_comment")
     with torch.device("meta"):  # shapes only: no memory, no time
         model = build_model(config)

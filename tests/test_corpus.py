@@ -133,8 +133,8 @@ def test_lccc_is_streamed_with_bom_and_malformed_json_names_file_and_lines(tmp_p
     path = write(tmp_path, "lccc.json", b"\xef\xbb\xbf" + '{"train": [["你 好", "在 的"],\n ["a", x]]}'.encode())
     reader = read_dialogues(path)
     assert next(reader) == ["你好", "在的"]  # the first dialogue comes before the error further on
-    with pytest.raises(CorpusError, match=r"lccc.json: malformed JSON \(lexical error: invalid char in json text, "
-                                          r"near .*\) within lines 1-2 \(bytes 3-49\)"):
+    with pytest.raises(CorpusError, match=r"lccc.json: malformed JSON \(lexical error: invalid char in "
+                                          r"json text, near .*\) within lines 1-2 \(bytes 3-49\)"):
         next(reader)
     with pytest.raises(CorpusError, match="split 'train' should be a list of dialogues, got dict"):
         list(read_dialogues(write(tmp_path, "d.json", '{"train": {"a": 1}}')))
@@ -143,7 +143,8 @@ def test_lccc_is_streamed_with_bom_and_malformed_json_names_file_and_lines(tmp_p
 
 
 # Peak RSS growth (MB) of each step, in a fresh process. VmHWM, not ru_maxrss: Linux carries the parent's
-# high-water mark (pytest's, hundreds of MB) into a spawned child's ru_maxrss, which would hide any growth below it.
+# high-water mark (pytest's, hundreds of MB) into a spawned child's ru_maxrss, which would hide any growth
+# below it.
 MEMORY_CHILD = r"""
 import json, sys
 from chatbot.data.corpus import read_dialogues

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from chatbot.data.dataset import (IGNORE_INDEX, LengthGroupedBatchSampler, make_collate, padding_fraction, reverse_turns,
-                          split_holdout, turn_index)
+from chatbot.data.dataset import LengthGroupedBatchSampler, make_collate, padding_fraction, split_holdout
+from chatbot.layout import IGNORE_INDEX, reverse_turns, turn_index
 
 X = IGNORE_INDEX
 # [CLS]=2 [SEP]=3 [PAD]=0; 7..9 are ordinary tokens
@@ -27,7 +27,8 @@ def test_collate_pads_and_masks(tokenizer, loss_on, labels_a, labels_b):
 def test_speaker_ids_alternate_by_turn(tokenizer):
     batch = make_collate(tokenizer, speaker_ids=True)([A, B])
     s1, s2 = tokenizer.convert_tokens_to_ids(["[speaker1]", "[speaker2]"])
-    assert batch["token_type_ids"].tolist() == [[s1, s1, s1, s1, s2, s2, s1, s1], [s1, s1, s1, s2, s2, 0, 0, 0]]
+    assert batch["token_type_ids"].tolist() == [[s1, s1, s1, s1, s2, s2, s1, s1],
+                                                [s1, s1, s1, s2, s2, 0, 0, 0]]
 
 
 def test_turn_index():

@@ -1,4 +1,5 @@
-"""A model folder written by save_model (as every final/, best/, checkpoint-N/ is) works unchanged in transformers."""
+"""A model folder written by save_model (as every final/, best/, checkpoint-N/ is) works unchanged in
+transformers."""
 
 import json
 import re
@@ -13,12 +14,12 @@ from chatbot.layout import CDIAL
 from chatbot.model.modeling import load_model, save_model
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import decode_ids
-from tests.test_public_checkpoints import CLS as CDIAL_CLS
-from tests.test_public_checkpoints import SPK1, SPK2, cdial_dir  # noqa: F401 (a fixture)
 
 CLS, SEP = 2, 3
+CDIAL_CLS, SPK1, SPK2 = 0, 17, 18  # their ids in conftest's CDIAL_VOCAB
 # A space next to a CJK character or full-width punctuation: what BERT's own decoder prints.
-SPACED_CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef] | [\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+SPACED_CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef] "
+                        r"| [\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 
 
 def test_chat_template_renders_the_ids_chatbot_builds(tiny_model_dir, monkeypatch):
@@ -32,7 +33,8 @@ def test_chat_template_renders_the_ids_chatbot_builds(tiny_model_dir, monkeypatc
     history = ["你好", "你好吗", "我很好，ok", "谢谢"]
     ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_new_tokens=5).reply("今天天气好吗", history=history)
     messages = [{"role": "system", "content": "不会被渲染"}] + [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate([*history, "今天天气好吗"])]
+        {"role": "user" if i % 2 == 0 else "assistant", "content": t}
+        for i, t in enumerate([*history, "今天天气好吗"])]
     rendered = AutoTokenizer.from_pretrained(tiny_model_dir).apply_chat_template(
         messages, add_generation_prompt=True, return_dict=True)["input_ids"]
     # The newest 3 turns: 我很好，o ##k [SEP] 谢谢 [SEP] 今天天气好吗 [SEP].
@@ -51,7 +53,8 @@ def test_generation_config_and_length_come_from_our_defaults(tiny_model_dir):
     d = SamplingOptions()
     assert (config.do_sample, config.temperature, config.top_k, config.top_p, config.repetition_penalty,
             config.min_new_tokens, config.max_new_tokens) == (
-        d.temperature > 0, d.temperature, d.top_k, d.top_p, d.repetition_penalty, d.min_new_tokens, d.max_new_tokens)
+        d.temperature > 0, d.temperature, d.top_k, d.top_p, d.repetition_penalty, d.min_new_tokens,
+        d.max_new_tokens)
     # eos [SEP]; never [PAD] [UNK] [CLS] [MASK] [speaker1] [speaker2].
     assert (config.eos_token_id, config.pad_token_id, config.suppress_tokens) == (SEP, 0, [0, 1, 2, 4, 5, 6])
     tokenizer_config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -86,15 +89,18 @@ def test_generate_samples_with_our_settings_and_stops_at_sep(tiny_model, tokeniz
 def test_model_card_says_what_the_folder_is(tiny_model, tokenizer, tmp_path):
     args = {"train": "corpus.txt", "valid": "valid.txt", "max_len": 32, "loss_on": "all", "source": "tiny"}
     results = {"step": 120, "valid_ppl": 12.345, "eval_generate": {"bleu_1": 0.125, "distinct_2": 0.5}}
-    card = (save_model(tmp_path / "m", tiny_model, tokenizer, args, results) / "README.md").read_text(encoding="utf-8")
-    for line in ["| training data | `corpus.txt` |", "| validation data | `valid.txt` |", "| optimizer steps | 120 |",
-                 "| validation perplexity | 12.35 |", "| reply metrics (validation) | bleu_1 0.125, distinct_2 0.5 |",
+    folder = save_model(tmp_path / "m", tiny_model, tokenizer, args, results)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    for line in ["| training data | `corpus.txt` |", "| validation data | `valid.txt` |",
+                 "| optimizer steps | 120 |", "| validation perplexity | 12.35 |",
+                 "| reply metrics (validation) | bleu_1 0.125, distinct_2 0.5 |",
                  "gpt2, 2 layers × 32 wide, 2 heads, 64 positions", "chatbot-chat --model",
                  "AutoModelForCausalLM.from_pretrained"]:
         assert line in card
 
 
-@pytest.mark.parametrize("args, note", [({"speaker_ids": True}, "--speaker-ids"), ({"reverse": True}, "--reverse`")])
+@pytest.mark.parametrize("args, note", [({"speaker_ids": True}, "--speaker-ids"),
+                                        ({"reverse": True}, "--reverse`")])
 def test_model_card_warns_where_plain_generate_differs(tiny_model, tokenizer, tmp_path, args, note):
     card = (save_model(tmp_path / "m", tiny_model, tokenizer, args) / "README.md").read_text(encoding="utf-8")
     assert f"Trained with `{note}" in card and "| validation perplexity | not measured |" in card
@@ -106,7 +112,8 @@ def test_a_cdial_model_saved_by_us_keeps_its_layout_in_the_template_and_decoder(
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
     messages = [{"role": "user", "content": "谢谢"}, {"role": "assistant", "content": "很好"},
                 {"role": "user", "content": "你好"}]
-    rendered = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    rendered = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                return_dict=True)["input_ids"]
     # The context test_chatting_with_a_cdial_folder_uses_its_layout sees ChatBot build.
     assert rendered == [CDIAL_CLS, SPK1, 9, 9, SPK2, 8, 5, SPK1, 4, 5, SPK2]
     ids = hf_tokenizer.encode("ab 你好", add_special_tokens=False)

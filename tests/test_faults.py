@@ -20,7 +20,9 @@ from safetensors.torch import load_file, save_file
 from chatbot.train.checkpoint import STATE_FILE
 from chatbot.cli import eval_main, preprocess_main, train_main
 from chatbot.model.modeling import load_model
-from test_train import cache, corpus, model_config  # noqa: F401 - the same fixtures
+
+# Raw corpora are encoded into each test's own cache (snapshot() leaves it out).
+pytestmark = pytest.mark.usefixtures("chatbot_cache")
 
 
 def snapshot(folder: Path) -> dict:
@@ -79,7 +81,8 @@ def test_preprocess_never_replaces_what_is_not_its_own(tmp_path, corpus, vocab_f
 
 def test_vocab_out_never_overwrites_a_corpus(tmp_path, corpus, capsys):
     before = snapshot(tmp_path)
-    assert preprocess_main([str(corpus), "--vocab-out", str(corpus), "--output", str(tmp_path / "enc"), "--quiet"]) == 2
+    assert preprocess_main([str(corpus), "--vocab-out", str(corpus), "--output", str(tmp_path / "enc"),
+                            "--quiet"]) == 2
     assert f"--vocab-out {corpus} is an existing file that is not a vocabulary" in one_error(capsys)
     assert snapshot(tmp_path) == before
 
@@ -92,8 +95,10 @@ def test_unreadable_corpus_is_named(tmp_path, corpus, vocab_file, capsys, monkey
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
     monkeypatch.setattr(builtins, "open", denied)
-    assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc"), "--quiet"]) == 2
-    assert one_error(capsys) == f"error: {corpus}: Permission denied (check its permissions, or use another path)"
+    assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc"),
+                            "--quiet"]) == 2
+    assert one_error(capsys) == (f"error: {corpus}: Permission denied "
+                                 "(check its permissions, or use another path)")
 
 
 def test_disk_full_while_encoding_leaves_nothing(tmp_path, corpus, vocab_file, capsys, monkeypatch):
@@ -110,7 +115,8 @@ def test_disk_full_while_encoding_leaves_nothing(tmp_path, corpus, vocab_file, c
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
     monkeypatch.setattr("chatbot.data.preprocess.open", FullDisk, raising=False)
-    assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc"), "--quiet"]) == 2
+    assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc"),
+                            "--quiet"]) == 2
     assert one_error(capsys) == (f"error: {tmp_path / 'enc' / 'tokens.bin'}: No space left on device "
                                  "(the disk is full: free some space or write elsewhere)")
     assert not [p for p in tmp_path.iterdir() if "enc" in p.name]
@@ -118,7 +124,8 @@ def test_disk_full_while_encoding_leaves_nothing(tmp_path, corpus, vocab_file, c
 
 def test_read_only_output_fails_before_any_work(tmp_path, corpus, vocab_file, capsys, monkeypatch):
     monkeypatch.setattr("chatbot.fileio.os.access", lambda *args: False)
-    monkeypatch.setattr("chatbot.fileio.os.statvfs", lambda path: os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255)))
+    read_only = os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255))
+    monkeypatch.setattr("chatbot.fileio.os.statvfs", lambda path: read_only)
     monkeypatch.setattr("chatbot.data.preprocess.preprocess", lambda *a, **k: pytest.fail("encoded anyway"))
     assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc")]) == 2
     assert "enc: Read-only file system (that file system is read-only" in one_error(capsys)
@@ -131,7 +138,8 @@ def test_eval_output_is_checked_before_evaluating(tiny_model_dir, corpus, tmp_pa
     assert eval_main(["--model", str(tiny_model_dir), "--data", str(corpus), "--output", str(tmp_path)]) == 2
     assert f"--output {tmp_path} is a folder" in one_error(capsys)
     (tmp_path / "notes.json").write_text("{}")
-    assert eval_main(["--model", str(tiny_model_dir), "--data", str(corpus), "--output", str(tmp_path / "notes.json")]) == 2
+    assert eval_main(["--model", str(tiny_model_dir), "--data", str(corpus),
+                      "--output", str(tmp_path / "notes.json")]) == 2
     assert "is an existing file that is not a chatbot-eval report" in one_error(capsys)
 
 
@@ -140,7 +148,8 @@ def _truncate(path):
 
 
 def _nan_weights(path):
-    save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(path).items()}, path, metadata={"format": "pt"})
+    nan = {k: torch.full_like(v, float("nan")) for k, v in load_file(path).items()}
+    save_file(nan, path, metadata={"format": "pt"})
 
 
 @pytest.mark.parametrize("file, damage, message", [
@@ -151,7 +160,8 @@ def _nan_weights(path):
      re.compile(r"config\.json( is not a valid gpt2 config \(|: )" + WRONG_TYPE)),
     ("config.json", lambda p: p.write_text(p.read_text().replace('"n_layer": 2', '"n_layer": -1')),
      "config.json: n_layer must be a positive integer, got -1"),
-    ("training_args.json", lambda p: p.write_text("{"), "training_args.json is not a valid JSON training arguments"),
+    ("training_args.json", lambda p: p.write_text("{"),
+     "training_args.json is not a valid JSON training arguments"),
 ])
 def test_damaged_model_folder_is_named(tiny_model_dir, corpus, capsys, file, damage, message):
     damage(tiny_model_dir / file)
@@ -164,7 +174,8 @@ def test_an_internal_bug_says_so_and_debug_shows_the_traceback(tiny_model_dir, c
     monkeypatch.setattr("chatbot.evaluate.evaluate_model", lambda *a, **k: {}["missing"])
     args = ["--model", str(tiny_model_dir), "--data", str(corpus), "--quiet"]
     assert eval_main(args) == 1
-    assert "internal error (KeyError: 'missing'). This is a bug in chatbot: re-run with --debug" in one_error(capsys)
+    assert ("internal error (KeyError: 'missing'). This is a bug in chatbot: re-run with --debug"
+            in one_error(capsys))
     assert eval_main(args + ["--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
 
@@ -177,14 +188,16 @@ def test_an_internal_bug_says_so_and_debug_shows_the_traceback(tiny_model_dir, c
     ({"attn_pdrop": 2}, "tiny.json: attn_pdrop must be a number in [0, 1], got 2"),
 ])
 def test_model_config_values_are_checked(corpus, model_config, vocab_file, tmp_path, capsys, config, message):
-    model_config.write_text(json.dumps({"n_embd": 32, "n_head": 2, "n_positions": 64, "n_layer": 2, **config}))
+    fields = {"n_embd": 32, "n_head": 2, "n_positions": 64, "n_layer": 2, **config}
+    model_config.write_text(json.dumps(fields))
     assert train_main(train_args(corpus, model_config, vocab_file, tmp_path / "out")) == 2
     assert says(one_error(capsys), message)
 
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_text("precious"), "is an existing file"),
-    (lambda p: (p.mkdir(), (p / "notes.txt").write_text("precious")), "is a folder holding other files (notes.txt)"),
+    (lambda p: (p.mkdir(), (p / "notes.txt").write_text("precious")),
+     "is a folder holding other files (notes.txt)"),
     (lambda p: (p.mkdir(), (p / "metrics.jsonl").write_text("{}\n")),
      "already holds a training output; pass --resume auto to continue it or --overwrite"),
 ])
@@ -198,15 +211,19 @@ def test_train_output_dir_rules(corpus, model_config, vocab_file, tmp_path, caps
 
 def test_overwrite_replaces_only_the_previous_run(corpus, model_config, vocab_file, tmp_path):
     out = tmp_path / "out"
-    assert train_main(train_args(corpus, model_config, vocab_file, out, "--max-steps", "2", "--save-steps", "1")) == 0
+    first = train_args(corpus, model_config, vocab_file, out, "--max-steps", "2", "--save-steps", "1")
+    assert train_main(first) == 0
     (out / ".best.old").mkdir()  # a stale leftover is ours too
-    assert train_main(train_args(corpus, model_config, vocab_file, out, "--max-steps", "1", "--overwrite")) == 0
+    assert train_main(train_args(corpus, model_config, vocab_file, out, "--max-steps", "1",
+                                 "--overwrite")) == 0
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "final", "metrics.jsonl"]
 
 
-def test_non_finite_loss_stops_training_and_publishes_nothing(corpus, model_config, vocab_file, tmp_path, capsys):
+def test_non_finite_loss_stops_training_and_publishes_nothing(corpus, model_config, vocab_file, tmp_path,
+                                                               capsys):
     out = tmp_path / "out"
-    args = train_args(corpus, model_config, vocab_file, out, "--lr", "1e10", "--log-steps", "1", "--save-steps", "1")
+    args = train_args(corpus, model_config, vocab_file, out, "--lr", "1e10", "--log-steps", "1",
+                      "--save-steps", "1")
     assert train_main(args) == 2
     line = one_error(capsys)
     assert "became nan at step 2" in line or "training diverged" in line, line
@@ -223,8 +240,8 @@ def test_non_finite_loss_stops_training_and_publishes_nothing(corpus, model_conf
 def trained(corpus, model_config, vocab_file, tmp_path):
     """An output folder with checkpoint-1 .. checkpoint-3."""
     out = tmp_path / "out"
-    assert train_main(train_args(corpus, model_config, vocab_file, out, "--max-steps", "3", "--save-steps", "1",
-                                 "--save-total-limit", "0")) == 0
+    assert train_main(train_args(corpus, model_config, vocab_file, out, "--max-steps", "3",
+                                 "--save-steps", "1", "--save-total-limit", "0")) == 0
     return out
 
 
@@ -274,13 +291,15 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(trained, corpus, model_co
     assert [r["step"] for r in rows if "loss" in r][-2:] == [3, 4]  # resumed from checkpoint-2
 
 
-def test_disk_full_during_a_save_names_the_folder(corpus, model_config, vocab_file, tmp_path, capsys, monkeypatch):
+def test_disk_full_during_a_save_names_the_folder(corpus, model_config, vocab_file, tmp_path, capsys,
+                                                  monkeypatch):
     def full(path, *args):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "model.safetensors"))
     monkeypatch.setattr("chatbot.train.checkpoint.save_model", full)
     out = tmp_path / "out"
     assert train_main(train_args(corpus, model_config, vocab_file, out, "--max-steps", "1")) == 2
-    assert one_error(capsys).startswith(f"error: {out / 'checkpoint-1' / 'model.safetensors'}: No space left on device")
+    weights = out / "checkpoint-1" / "model.safetensors"
+    assert one_error(capsys).startswith(f"error: {weights}: No space left on device")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
 
 
@@ -291,7 +310,8 @@ def _kill_and_resume(corpus, model_config, vocab_file, out, kills, seed):
     folder must load and the next `--resume auto` run must start from the newest good checkpoint."""
     rng = random.Random(seed)
     args = train_args(corpus, model_config, vocab_file, out, "--save-steps", "1", "--epochs", "30",
-                      "--valid-ratio", "0.2", "--log-steps", "1", "--save-total-limit", "2", "--resume", "auto")
+                      "--valid-ratio", "0.2", "--log-steps", "1", "--save-total-limit", "2",
+                      "--resume", "auto")
     # Forked, not spawned: a fresh interpreter would spend seconds importing torch before each kill.
     fork = multiprocessing.get_context("fork")
     for _ in range(kills):
@@ -299,7 +319,8 @@ def _kill_and_resume(corpus, model_config, vocab_file, out, kills, seed):
         proc.start()
         start, deadline = _steps_logged(out), time.time() + 60
         while _steps_logged(out) <= start and proc.exitcode is None and time.time() < deadline:
-            time.sleep(0.02)  # wait until this run trains, then kill it: with a save every step, often mid-save
+            # Wait until this run trains, then kill it: with a save every step, often mid-save.
+            time.sleep(0.02)
         time.sleep(rng.uniform(0, 0.3))
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(60)

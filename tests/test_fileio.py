@@ -109,12 +109,14 @@ def test_check_output_dir_refuses(tmp_path, monkeypatch, where, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_output_dir(tmp_path / where if where not in (".", "..") else where, is_ours=ours,
                          overwrite=False, what="thing", flag="--output")
-    assert check_output_dir(tmp_path / "previous", is_ours=ours, overwrite=True, what="thing") == tmp_path / "previous"
+    previous = tmp_path / "previous"
+    assert check_output_dir(previous, is_ours=ours, overwrite=True, what="thing") == previous
 
 
 def test_unwritable_output_is_found_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr("chatbot.fileio.os.access", lambda *args: False)
-    monkeypatch.setattr("chatbot.fileio.os.statvfs", lambda path: os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255)))
+    read_only = os.statvfs_result((0,) * 8 + (os.ST_RDONLY, 255))
+    monkeypatch.setattr("chatbot.fileio.os.statvfs", lambda path: read_only)
     with pytest.raises(OSError) as e:
         check_writable(tmp_path / "new" / "deeper")
     assert (e.value.errno, e.value.filename) == (errno.EROFS, str(tmp_path / "new" / "deeper"))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from chatbot.layout import (IGNORE_INDEX, SPECIAL_TOKENS, join_turns, label_mask, reverse_turns, speaker_token_ids,
-                            speaker_type_ids, split_turns)
+from chatbot.layout import (IGNORE_INDEX, SPECIAL_TOKENS, join_turns, label_mask, reverse_turns,
+                            speaker_token_ids, speaker_type_ids, split_at, split_turns)
 
 CLS, SEP = 2, 3
 TURNS = [[7, 8], [9], [7]]
@@ -13,6 +13,11 @@ def test_join_and_split_are_inverse():
     assert join_turns(TURNS, cls_id=CLS, sep_id=SEP) == IDS
     assert split_turns(IDS, SEP) == TURNS
     assert split_turns(reverse_turns(np.array(IDS), SEP).tolist(), SEP) == TURNS[::-1]
+
+
+def test_split_at():
+    assert split_at([7, SEP, 8, 9, SEP], SEP) == [[7], [8, 9], []]
+    assert split_at([SEP, SEP], SEP) == [[], [], []] and split_at([], SEP) == [[]]
 
 
 @pytest.mark.parametrize("loss_on, expected", [

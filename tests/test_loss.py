@@ -51,8 +51,8 @@ def test_sum_reduction_is_the_mean_times_the_scored_tokens(tiny_model, batch):
 
 def test_openai_gpt_models_get_the_same_loss_as_transformers(tokenizer, batch):
     torch.manual_seed(0)
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=2,
-                                                 n_head=2)).eval()
+    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tokenizer), n_positions=32, n_embd=16,
+                                                 n_layer=2, n_head=2)).eval()
     with torch.no_grad():
         assert NextTokenLoss(model)(**batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-6)
 

@@ -43,7 +43,8 @@ def wheel(tmp_path_factory) -> Path:
     sdist = build("build_sdist", source, tmp / "dist")
     with tarfile.open(sdist) as archive:
         # Python >= 3.12 warns without a filter; 3.10's and 3.11's first releases have none.
-        archive.extractall(tmp / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        archive.extractall(tmp / "unpacked", **safe)
     (unpacked,) = (tmp / "unpacked").iterdir()
     return build("build_wheel", unpacked, tmp / "dist")
 
@@ -60,18 +61,20 @@ def test_wheel_carries_the_checkouts_vocab_configs_and_sample(wheel):
 def test_commands_work_from_a_folder_with_no_checkout(wheel, tmp_path):
     site, work = tmp_path / "site", tmp_path / "work"
     work.mkdir()
-    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site), str(wheel)])
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site),
+         str(wheel)])
     env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1", CHATBOT_CACHE=str(tmp_path / "cache"))
     where = run([sys.executable, "-c", "import chatbot; print(chatbot.__file__)"], env=env, cwd=work).stdout
     assert where.strip() == str(site / "chatbot" / "__init__.py")
 
     # No data, model or vocabulary flags: the bundled sample, tiny config and vocabulary, into ./model.
-    run([site / "bin" / "chatbot-train", "--max-steps", "2", "--batch-size", "4", "--quiet"], env=env, cwd=work)
+    run([site / "bin" / "chatbot-train", "--max-steps", "2", "--batch-size", "4", "--quiet"],
+        env=env, cwd=work)
     args = json.loads((work / "model" / "final" / "training_args.json").read_text(encoding="utf-8"))
     bundled = site / "chatbot" / "bundled"
     assert (args["train"], args["valid"], args["vocab"], args["config"], args["max_len"]) == (
-        str(bundled / "data" / "train.txt"), str(bundled / "data" / "valid.txt"), str(bundled / "vocab" / "vocab.txt"),
-        "tiny", 256)
+        str(bundled / "data" / "train.txt"), str(bundled / "data" / "valid.txt"),
+        str(bundled / "vocab" / "vocab.txt"), "tiny", 256)
     assert (work / "model" / "best").is_dir()  # validated on the bundled validation dialogues
     chat = run([site / "bin" / "chatbot-chat", "--max-len", "3", "--seed", "1", "--no-transcript",
                 "--history-file", str(tmp_path / "history")], env=env, cwd=work, input="你好\n")

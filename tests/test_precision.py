@@ -67,7 +67,7 @@ def test_reduced_precision_keeps_perplexity_and_most_greedy_replies(trained, dty
 
     def ppl(d):
         report = evaluate_model(str(folder), str(valid), device="cpu", dtype=d, generate=False, progress=False)
-        return report["perplexity"]["ppl"]
+        return report.perplexity["ppl"]
 
     def replies(d):
         bot = ChatBot.from_pretrained(folder, device="cpu", dtype=d, temperature=0, max_new_tokens=8)

@@ -9,7 +9,7 @@ import pytest
 
 from chatbot.cli import preprocess_main
 from chatbot.data.dataset import TokenDataset, load_dataset
-from chatbot.data.preprocess import preprocess, split_at, window_turns
+from chatbot.data.preprocess import preprocess, window_turns
 from chatbot.tokenization import encode_texts
 
 CLS, SEP = 2, 3
@@ -65,11 +65,6 @@ def test_text_format_cuts_running_text_into_windows(tmp_path, tokenizer):
     ds = TokenDataset(tmp_path / "enc")
     assert [tokenizer.convert_ids_to_tokens(ds[i].tolist()) for i in range(len(ds))] == [
         ["[CLS]", "你", "好", "吗", "我", "[SEP]"], ["[CLS]", "很", "好", "[SEP]"], ["[CLS]", "谢", "谢", "[SEP]"]]
-
-
-def test_split_at():
-    assert split_at([7, SEP, 8, 9, SEP], SEP) == [[7], [8, 9], []]
-    assert split_at([SEP, SEP], SEP) == [[], [], []] and split_at([], SEP) == [[]]
 
 
 def test_dialogue_ids_equal_its_turns_encoded_one_by_one(tmp_path, tokenizer):
@@ -132,18 +127,20 @@ def test_encoded_folder_must_match_vocab_and_max_len(tmp_path, tokenizer):
 def test_cli_summary_and_exit_codes(tmp_path, vocab_file, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('["你好", "我很好"]\n["bad"\n', encoding="utf-8")
-    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file)]) == 2
+    args = [str(corpus), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file)]
+    assert preprocess_main(args) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "c.jsonl:2: malformed JSON" in err and "Traceback" not in err
-    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab", str(vocab_file), "--skip-bad"]) == 0
+    assert preprocess_main([*args, "--skip-bad"]) == 0
     err = capsys.readouterr().err
     assert "skipped: malformed record" in err and "[UNK] rate" in err
     assert np.load(tmp_path / "enc" / "offsets.npy").tolist() == [0, 8]
 
 
 def test_cli_encodes_without_importing_torch(tmp_path, vocab_file):
-    # torch is +300 MB of RSS and seconds of start-up that encoding never uses (only --tokenizer MODEL needs it).
-    # transformers 5.3 imports it with any tokenizer; there the test checks that chatbot adds nothing to that.
+    # torch is +300 MB of RSS and seconds of start-up that encoding never uses (only --tokenizer MODEL
+    # needs it). transformers 5.3 imports it with any tokenizer; there the test checks that chatbot adds
+    # nothing to that.
     (tmp_path / "c.txt").write_text("你好\n我很好\n", encoding="utf-8")
     code = ("import sys\nfrom transformers import BertTokenizerFast\nalready = set(sys.modules)\n"
             "from chatbot.cli import preprocess_main\nassert preprocess_main(sys.argv[1:]) == 0\n"
@@ -160,7 +157,8 @@ def test_cli_builds_vocab_from_corpus(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("妳好😀\n妳們好\n", encoding="utf-8")
     out = tmp_path / "my_vocab.txt"
-    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab-out", str(out), "--quiet"]) == 0
+    assert preprocess_main([str(corpus), "-o", str(tmp_path / "enc"), "--vocab-out", str(out),
+                            "--quiet"]) == 0
     assert json.loads((tmp_path / "enc" / "meta.json").read_text())["unk_tokens"] == 0
     assert "妳" in out.read_text(encoding="utf-8").split("\n")
 

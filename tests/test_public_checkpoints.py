@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTLMHeadModel
 
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main, preprocess_main, train_main
@@ -14,34 +14,11 @@ from chatbot.data.dataset import TokenDataset
 from chatbot.evaluate import evaluate_model
 from chatbot.model.modeling import dialogue_layout, load_model
 from chatbot.tokenization import load_tokenizer, split_characters, vocab_fingerprint
+from tests.conftest import CDIAL_VOCAB, cdial_config, drain
 
-# CDial-GPT's vocab.txt starts [CLS] [PAD] [SEP] [UNK] and ends [speaker1] [speaker2]; it has no [MASK].
-CDIAL_VOCAB = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", *"你好吗我很谢今天气", "a", "b", "1", "，",
-               "[speaker1]", "[speaker2]"]
-CLS, PAD, SEP, UNK, SPK1, SPK2 = 0, 1, 2, 3, 17, 18
+CLS, PAD, SEP, UNK, SPK1, SPK2 = 0, 1, 2, 3, 17, 18  # their ids in CDIAL_VOCAB
 # uer/gpt2-chinese-*: bert-base-chinese's vocab.txt ([PAD], [unusedN], [UNK], [CLS], [SEP], [MASK], ...).
 UER_VOCAB = ["[PAD]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"你好吗我很谢今天气"]
-
-
-def cdial_config(vocab_size: int) -> dict:
-    """config.json as thu-coai/CDial-GPT_LCCC-base has it (transformers 2.x: no model_type), but tiny."""
-    return {"afn": "gelu", "attn_pdrop": 0.1, "embd_pdrop": 0.1, "finetuning_task": None, "initializer_range": 0.02,
-            "is_decoder": False, "layer_norm_epsilon": 1e-05, "n_ctx": 64, "n_embd": 32, "n_head": 2, "n_layer": 2,
-            "n_positions": 64, "n_special": 0, "output_past": True, "predict_special_tokens": True,
-            "resid_pdrop": 0.1, "summary_type": "cls_index", "torchscript": False, "vocab_size": vocab_size}
-
-
-@pytest.fixture(scope="module")
-def cdial_dir(tmp_path_factory):
-    """A CDial-GPT LCCC folder: config.json, pytorch_model.bin and vocab.txt, nothing else."""
-    folder = tmp_path_factory.mktemp("CDial-GPT_LCCC-tiny")
-    fields = cdial_config(len(CDIAL_VOCAB))
-    torch.manual_seed(0)
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**{**fields, "initializer_range": 0.5}))
-    (folder / "config.json").write_text(json.dumps(fields), encoding="utf-8")
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    (folder / "vocab.txt").write_text("\n".join(CDIAL_VOCAB) + "\n", encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +63,8 @@ def test_the_openai_gpt_kv_cache_gives_the_models_own_logits(cdial_dir):
     types = torch.tensor([[CLS, SPK1, SPK1, SPK1, SPK1, SPK2, SPK2, SPK2, SPK2]])
     cache = preallocated_cache(2, 9)
     steps = [openai_gpt_logits(model, ids[:, :6], cache, token_type_ids=types[:, :6])]
-    steps += [openai_gpt_logits(model, ids[:, t:t + 1], cache, token_type_ids=types[:, t:t + 1]) for t in range(6, 9)]
+    steps += [openai_gpt_logits(model, ids[:, t:t + 1], cache, token_type_ids=types[:, t:t + 1])
+              for t in range(6, 9)]
     with torch.inference_mode():
         full = model(input_ids=ids, token_type_ids=types).logits[0]
     for t, logits in zip(range(5, 9), steps):
@@ -103,8 +81,8 @@ def test_openai_gpt_padding_is_masked(cdial_dir):
     mask = padded != PAD
     alone = openai_gpt_logits(model, ids, preallocated_cache(2, 5))
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    torch.testing.assert_close(openai_gpt_logits(model, padded, preallocated_cache(2, 8), position_ids=positions,
-                                                 attention_mask=mask), alone)
+    torch.testing.assert_close(openai_gpt_logits(model, padded, preallocated_cache(2, 8),
+                                                 position_ids=positions, attention_mask=mask), alone)
     # Unmasked, the padding changes the logits (so the check above can fail).
     seen = openai_gpt_logits(model, padded, preallocated_cache(2, 8), position_ids=positions)
     assert not torch.allclose(seen, alone, atol=1e-3)
@@ -114,14 +92,15 @@ def test_cdial_replies_batched_are_the_replies_alone(cdial_dir):
     from chatbot.generate.batching import BatchDecoder, NewRows
     from chatbot.options import SamplingOptions
     from chatbot.generate.sampling import generate_tokens
-    from tests.test_batching import drain
 
     model = load_model(cdial_dir)[0]
     prompts = [([CLS, SPK1, 4, 5, SPK2], [CLS, SPK1, SPK1, SPK1, SPK2]),
-               ([CLS, SPK1, 9, SPK2, 7, 8, 10, SPK1, 4, SPK2], [CLS] + [SPK1] * 2 + [SPK2] * 4 + [SPK1] * 2 + [SPK2])]
+               ([CLS, SPK1, 9, SPK2, 7, 8, 10, SPK1, 4, SPK2],
+                [CLS] + [SPK1] * 2 + [SPK2] * 4 + [SPK1] * 2 + [SPK2])]
     options = SamplingOptions(temperature=0.9, top_k=0, max_new_tokens=6, min_new_tokens=6)
     fields = {k: v for k, v in vars(options).items() if k != "num_candidates"}
-    alone = [[step[0] for step in generate_tokens(model, ids, eos_id=SEP, token_type_ids=types, reply_type_id=SPK2,
+    alone = [[step[0] for step in generate_tokens(model, ids, eos_id=SEP, token_type_ids=types,
+                                                  reply_type_id=SPK2,
                                                   generator=torch.Generator().manual_seed(i), **fields)]
              for i, (ids, types) in enumerate(prompts)]
     decoder = BatchDecoder(model, eos_id=SEP)
@@ -190,7 +169,8 @@ def test_weights_of_another_architecture_are_refused_not_randomly_initialised(tm
         (folder / name).write_bytes((cdial_dir / name).read_bytes())
     fields = {k: v for k, v in cdial_config(len(CDIAL_VOCAB)).items() if k != "afn"}
     (folder / "config.json").write_text(json.dumps({**fields, "model_type": "gpt2"}), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"mislabelled: its weights do not fit a gpt2 model \(\d+ tensors missing"):
+    with pytest.raises(ValueError,
+                       match=r"mislabelled: its weights do not fit a gpt2 model \(\d+ tensors missing"):
         load_model(folder)
 
 
@@ -199,8 +179,9 @@ def test_an_unreachable_hub_id_is_one_line(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: model folder not found: nobody-here/no-such-model; as a Hugging Face Hub id, "
-                          "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache")
+    assert err.startswith("error: model folder not found: nobody-here/no-such-model; "
+                          "as a Hugging Face Hub id, the Hub is offline (HF_HUB_OFFLINE=1) "
+                          "and it is not in the local cache")
 
 
 def test_a_missing_local_path_keeps_the_folder_message(tmp_path):
@@ -217,20 +198,21 @@ def test_cdial_collate_builds_cdial_gpts_training_input(cdial_dir):
     stored = [torch.tensor([CLS, 4, 5, SEP, 9, SEP]).numpy(), torch.tensor([CLS, 4, SEP]).numpy()]
     batch = make_collate(tokenizer, loss_on="last", layout="cdial")(stored)
     # [CLS] [speaker1] 你好 [speaker2] 谢 [SEP]; loss on the reply and its [SEP] only, as CDial-GPT's train.py.
-    assert batch["input_ids"].tolist() == [[CLS, SPK1, 4, 5, SPK2, 9, SEP], [CLS, SPK1, 4, SEP, PAD, PAD, PAD]]
+    assert batch["input_ids"].tolist() == [[CLS, SPK1, 4, 5, SPK2, 9, SEP],
+                                           [CLS, SPK1, 4, SEP, PAD, PAD, PAD]]
     assert batch["token_type_ids"].tolist() == [[CLS, SPK1, SPK1, SPK1, SPK2, SPK2, SPK2],
                                                 [CLS, SPK1, SPK1, SPK1, 0, 0, 0]]
     assert batch["labels"].tolist() == [[-100] * 5 + [9, SEP], [-100, -100, 4, SEP, -100, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1] * 7, [1] * 4 + [0] * 3]
     everything = make_collate(tokenizer, loss_on="all", layout="cdial")(stored[:1])
-    assert everything["labels"].tolist() == [[-100, -100, 4, 5, -100, 9, SEP]]  # never [CLS] or a speaker token
+    # Never on [CLS] or a speaker token.
+    assert everything["labels"].tolist() == [[-100, -100, 4, 5, -100, 9, SEP]]
 
 
-def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir, tmp_path, monkeypatch):
+def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir, tmp_path, chatbot_cache):
     from chatbot.config import TrainConfig
     from chatbot.train.loop import train
 
-    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
     corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\nab 11"] * 4), encoding="utf-8")
     result = train(TrainConfig(train=str(corpus), pretrained=str(cdial_dir), output_dir=str(tmp_path / "out"),
@@ -246,11 +228,10 @@ def test_fine_tuning_a_cdial_folder_keeps_its_architecture_and_layout(cdial_dir,
     assert ChatBot(tuned, tokenizer, training_args={"layout": "cdial"}).reply("你好", seed=0)
 
 
-def test_fine_tuning_a_uer_gpt2_folder_by_hub_style_path(uer_dir, tmp_path, monkeypatch):
+def test_fine_tuning_a_uer_gpt2_folder_by_hub_style_path(uer_dir, tmp_path, chatbot_cache):
     from chatbot.config import TrainConfig
     from chatbot.train.loop import train
 
-    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
     corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\n谢谢"] * 4), encoding="utf-8")
     train(TrainConfig(train=str(corpus), pretrained=str(uer_dir), output_dir=str(tmp_path / "out"), epochs=1,
@@ -274,17 +255,19 @@ def hub_cache(tmp_path, monkeypatch, uer_dir, cdial_dir):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
-def test_hub_ids_load_from_the_cache_offline(hub_cache, tmp_path, monkeypatch, capsys):
+def test_hub_ids_load_from_the_cache_offline(hub_cache, chatbot_cache, tmp_path):
     bot = ChatBot.from_pretrained("thu-coai/CDial-GPT_tiny", device="cpu", max_new_tokens=4)
     assert isinstance(bot._forward.model, OpenAIGPTLMHeadModel) and bot.reply("你好", seed=0)
-    reranked = ChatBot.from_pretrained("uer/gpt2-tiny", device="cpu", mmi_model="uer/gpt2-tiny", num_candidates=2)
+    reranked = ChatBot.from_pretrained("uer/gpt2-tiny", device="cpu", mmi_model="uer/gpt2-tiny",
+                                       num_candidates=2)
     assert reranked.reply("你好", seed=0)
-    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
     corpus.write_text("你好\n我很好\n\n今天\n天气好\n", encoding="utf-8")
-    assert train_main(["--train", str(corpus), "--pretrained", "uer/gpt2-tiny", "--output-dir", str(tmp_path / "out"),
-                       "--max-steps", "1", "--batch-size", "2", "--quiet"]) == 0
-    assert json.loads((tmp_path / "out" / "final" / "training_args.json").read_text())["source"] == "uer/gpt2-tiny"
+    assert train_main(["--train", str(corpus), "--pretrained", "uer/gpt2-tiny",
+                       "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--batch-size", "2",
+                       "--quiet"]) == 0
+    args = json.loads((tmp_path / "out" / "final" / "training_args.json").read_text())
+    assert args["source"] == "uer/gpt2-tiny"
 
 
 def test_a_gpt2_with_cdial_gpts_vocabulary_reads_cdial_gpts_layout(cdial_dir, uer_dir, tokenizer):
@@ -292,7 +275,8 @@ def test_a_gpt2_with_cdial_gpts_vocabulary_reads_cdial_gpts_layout(cdial_dir, ue
     cdial_tokenizer = load_tokenizer(cdial_dir)
     assert dialogue_layout("gpt2", cdial_tokenizer, {}) == "cdial"
     assert dialogue_layout("gpt2", load_tokenizer(uer_dir), {}) == "chitchat"
-    assert dialogue_layout("gpt2", cdial_tokenizer, {"layout": "chitchat"}) == "chitchat"  # recorded by training
+    # As training recorded it.
+    assert dialogue_layout("gpt2", cdial_tokenizer, {"layout": "chitchat"}) == "chitchat"
     with pytest.raises(ValueError, match=r"speaker ids need \[speaker1\] and \[speaker2\]"):
         dialogue_layout("openai-gpt", load_tokenizer(uer_dir), {})
 
@@ -306,15 +290,16 @@ def test_character_splitting_changes_the_vocab_fingerprint(cdial_dir):
 def test_preprocess_and_eval_read_a_cdial_folder_as_the_model_does(cdial_dir, tmp_path, capsys):
     corpus = tmp_path / "valid.txt"
     corpus.write_text("你好 ab\n我很好\n\n今天\n天气好\n", encoding="utf-8")
-    args = [str(corpus), "-o", str(tmp_path / "enc"), "--tokenizer", str(cdial_dir), "--max-len", "64", "--quiet"]
+    args = [str(corpus), "-o", str(tmp_path / "enc"), "--tokenizer", str(cdial_dir), "--max-len", "64",
+            "--quiet"]
     assert preprocess_main(args) == 0
     encoded = TokenDataset(tmp_path / "enc")
     assert 13 in encoded[0]  # "a", not [UNK]
     assert encoded.meta["max_len"] == 63  # the layout's extra token fits the model's 64 positions
     report = evaluate_model(str(cdial_dir), str(tmp_path / "enc"), device="cpu", progress=False,
                             sampling={"max_new_tokens": 3})
-    assert report["perplexity"]["tokens"] == 8 + 6  # every turn's tokens and the final [SEP], no speaker token
-    assert report["samples"]["sampled"][0]["history"] == ["你好ab"]
+    assert report.perplexity["tokens"] == 8 + 6  # every turn's tokens and the final [SEP], no speaker token
+    assert report.generation["sampled"].samples[0]["history"] == ["你好ab"]
 
 
 def test_chatbot_serve_serves_a_cdial_folder_in_its_layout(cdial_dir):
@@ -326,8 +311,8 @@ def test_chatbot_serve_serves_a_cdial_folder_in_its_layout(cdial_dir):
     messages = [{"role": "user", "content": "谢谢"}, {"role": "assistant", "content": "很好"},
                 {"role": "user", "content": "你好"}]
     with serve(bot) as url:
-        reply = httpx.post(f"{url}/v1/chat/completions", json={"messages": messages, "seed": 4, "temperature": 0.9},
-                           timeout=30).json()
+        request = {"messages": messages, "seed": 4, "temperature": 0.9}
+        reply = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=30).json()
     # [CLS] [speaker1] 谢谢 [speaker2] 很好 [speaker1] 你好 [speaker2]: CDial-GPT's layout, as in chat
     assert reply["usage"]["prompt_tokens"] == 11 and reply["usage"]["completion_tokens"] == 5
     assert reply["choices"][0]["message"]["content"] == bot.reply("你好", ["谢谢", "很好"], seed=4, temperature=0.9)

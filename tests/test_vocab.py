@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from chatbot.tokenization import decode_ids, encode_texts, load_tokenizer
-from chatbot.data.vocab import SPECIAL_TOKENS, corpus_vocab, gb2312_hanzi, main, standard_vocab
+from chatbot.data.vocab import corpus_vocab, gb2312_hanzi, main, standard_vocab
+from chatbot.layout import SPECIAL_TOKENS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "vocab" / "vocab.txt"
 
@@ -28,7 +29,8 @@ def test_shipped_vocab_loads_with_every_line():
     tokenizer = load_tokenizer(SHIPPED)
     assert len(tokenizer) == len(SHIPPED.read_text(encoding="utf-8").splitlines()) == 7293
     assert tokenizer.unk_token_id not in tokenizer.convert_tokens_to_ids(["你", "好", "吗"])
-    assert (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id) == (0, 1, 2, 3)
+    assert (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id,
+            tokenizer.sep_token_id) == (0, 1, 2, 3)
 
 
 def test_mixed_text_round_trips_to_readable_text():

@@ -2,6 +2,7 @@
 
     corpus.py      read_dialogues(path): txt / LCCC JSON / JSONL -> lists of turns (no tokenizer, no torch)
     preprocess.py  preprocess(corpora, folder, tokenizer): turns -> the encoded-dataset folder
+    encoded.py     the encoded-dataset folder: its file names, read_meta, is_encoded_dataset, freshness
     dataset.py     load_dataset(...) -> TokenDataset (memory-mapped), make_collate, the length-grouped sampler
     vocab.py       the bundled vocabulary and a corpus' own (`python -m chatbot.data.vocab`)
 

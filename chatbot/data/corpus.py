@@ -31,7 +31,8 @@ _JSONL_KEYS = ("dialog", "conversation", "turns")
 # A turn is cut to this many characters: tokens never outnumber characters, so this keeps far more
 # than any model's length (max_len counts tokens), and no tokenizer call sees a huge string.
 MAX_TURN_CHARS = 16_384
-MAX_LINE_BYTES = 4 * MAX_TURN_CHARS + 4  # lines are read in pieces this long; a cut one holds > MAX_TURN_CHARS
+# Lines are read in pieces this long (a UTF-8 character is at most 4 bytes): a cut one holds > MAX_TURN_CHARS.
+MAX_LINE_BYTES = 4 * MAX_TURN_CHARS + 4
 MAX_JSONL_BYTES = 1 << 20  # a JSON-lines record longer than 1 MiB is refused, not read whole
 _BOM = b"\xef\xbb\xbf"
 
@@ -211,8 +212,8 @@ def _read_jsonl(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Ite
         except (json.JSONDecodeError, CorpusError) as e:
             reason = "malformed JSON" if isinstance(e, json.JSONDecodeError) else str(e)
             if not skip_bad:
-                raise CorpusError(f"{path}:{number}: {reason}; expected a JSON list of strings or an "
-                                  f"object with a {'/'.join(_JSONL_KEYS)} list (or pass --skip-bad)") from None
+                raise CorpusError(f"{path}:{number}: {reason}; expected a JSON list of strings or an object "
+                                  f"with a {'/'.join(_JSONL_KEYS)} list (or pass --skip-bad)") from None
             stats.skipped["malformed record"] += 1
 
 
@@ -286,7 +287,8 @@ def _explain_no_dialogues(path: Path, start: int, split: str | None) -> None:
             _, event, _ = next(events)
             if split is None:
                 if event != "start_array":
-                    raise CorpusError(f"{path}: expected a list of dialogues, got {_JSON_TYPES.get(event, event)}")
+                    got = _JSON_TYPES.get(event, event)
+                    raise CorpusError(f"{path}: expected a list of dialogues, got {got}")
                 return
             keys = []
             for prefix, event, value in events:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -14,8 +15,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import BertTokenizerFast
 
-# IGNORE_INDEX, LOSS_ON, turn_index and reverse_turns are re-exported: they lived here before chatbot.layout.
-from chatbot.layout import (  # noqa: F401
+from chatbot.data.encoded import is_fresh, open_arrays, read_meta
+from chatbot.data.preprocess import preprocess
+from chatbot.layout import (
     CDIAL,
     CHITCHAT,
     IGNORE_INDEX,
@@ -26,29 +28,16 @@ from chatbot.layout import (  # noqa: F401
     speaker_token_ids,
     turn_index,
 )
-from chatbot.data.preprocess import FORMAT_VERSION, cache_key, is_encoded_dataset, is_fresh, preprocess
 from chatbot.tokenization import vocab_fingerprint
 
 
 class TokenDataset(Dataset):
-    """Examples of an encoded folder (see chatbot.data.preprocess), memory-mapped, never loaded whole."""
+    """Examples of an encoded folder (see chatbot.data.encoded), memory-mapped, never loaded whole."""
 
     def __init__(self, folder: str | Path):
-        folder = Path(folder)
-        missing = [f for f in ("meta.json", "offsets.npy", "tokens.bin") if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{folder} is not an encoded dataset: missing {', '.join(missing)} "
-                                    "(make one with chatbot-preprocess)")
-        self.folder = folder
-        try:
-            self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{folder / 'meta.json'} is damaged ({e}); run chatbot-preprocess again") from None
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by another chatbot version (format "
-                             f"{self.meta.get('format_version')}, expected {FORMAT_VERSION}); run chatbot-preprocess again")
-        self.offsets = np.load(folder / "offsets.npy", mmap_mode="r")
-        self.tokens = np.memmap(folder / "tokens.bin", dtype=self.meta["dtype"], mode="r")
+        self.folder = Path(folder)
+        self.meta = read_meta(self.folder)
+        self.offsets, self.tokens = open_arrays(self.folder, self.meta)
         self.lengths = np.diff(self.offsets)
 
     def __len__(self) -> int:
@@ -84,9 +73,7 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
         raise FileNotFoundError(f"corpus not found: {path}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache_dir / cache_key(path, format=format, split=split)
-    # A cache entry with a damaged meta.json is not ours to trust: it is rebuilt.
-    if is_encoded_dataset(folder) and is_fresh(json.loads((folder / "meta.json").read_text(encoding="utf-8")),
-                                               [path], tokenizer, max_len):
+    if is_fresh(folder, [path], vocab_fingerprint=vocab_fingerprint(tokenizer), max_len=max_len):
         return TokenDataset(folder)
     if progress:
         print(f"encoding {path} into {folder}", file=sys.stderr)
@@ -102,6 +89,12 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
 def default_cache_dir() -> Path:
     """Where encoded corpora are cached: $CHATBOT_CACHE, else ~/.cache/chatbot."""
     return Path(os.environ.get("CHATBOT_CACHE", Path.home() / ".cache" / "chatbot"))
+
+
+def cache_key(corpus: str | Path, *, format: str, split: str | None) -> str:
+    """A folder name for the cached encoding of one corpus file (path and reading options)."""
+    ident = json.dumps([str(Path(corpus).resolve()), format, split])
+    return f"{Path(corpus).stem}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
 def make_collate(tokenizer: BertTokenizerFast, *, loss_on: str = "all", speaker_ids: bool = False,
@@ -174,7 +167,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(lengths) < num_replicas:
             raise ValueError(f"{len(lengths)} examples cannot be split across {num_replicas} processes")
-        self.lengths, self.batch_size, self.shuffle, self.seed = np.asarray(lengths), batch_size, shuffle, seed
+        self.lengths, self.batch_size = np.asarray(lengths), batch_size
+        self.shuffle, self.seed = shuffle, seed
         self.num_replicas, self.rank, self.group_size = num_replicas, rank, group_size
         self.epoch = self.start_batch = 0
 

@@ -1,10 +1,4 @@
-"""Encode corpora into a compact, memory-mappable token store.
-
-An encoded dataset is a folder:
-  tokens.bin   every example's ids back to back (uint16 when the vocabulary fits, else uint32)
-  offsets.npy  int64, n_examples + 1 boundaries into tokens.bin
-  meta.json    format version, tokenizer fingerprint, max_len, counts, and each source's
-               path, size and mtime (so a cache can tell when it is stale)
+"""Encode corpora into a compact, memory-mappable token store (see chatbot.data.encoded).
 
 Each dialogue becomes `[CLS] u1 [SEP] u2 [SEP] … un [SEP]`. One longer than `max_len` is split at
 turn boundaries into maximal windows: every window is the longest run of whole turns that fits,
@@ -14,8 +8,6 @@ there is at most one per turn. A single turn longer than the limit is truncated 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections import Counter, deque
@@ -30,12 +22,18 @@ from tqdm import tqdm
 from transformers import BertTokenizerFast
 
 from chatbot.data.corpus import CorpusStats, detect_format, read_dialogues
+from chatbot.data.encoded import (
+    FORMAT_VERSION,
+    OFFSETS_FILE,
+    TOKENS_FILE,
+    is_encoded_dataset,
+    source_info,
+    write_meta,
+)
 from chatbot.fileio import atomic_dir
 from chatbot.layout import join_turns, split_at
 from chatbot.tokenization import encode_texts, vocab_fingerprint
 
-FORMAT_VERSION = 1
-DATASET_FILES = ("tokens.bin", "offsets.npy", "meta.json")
 CHUNK = 2048  # dialogues per tokenizer call: large enough to keep the Rust side busy
 
 
@@ -113,7 +111,8 @@ class Encoder:
             windows = window_turns([len(t) for t in turns], self.max_len)
             stats.windowed_dialogues += len(windows) > 1
             for start, end in windows:
-                self._emit(join_turns(turns[start:end], cls_id=self.cls, sep_id=self.sep), ids, lengths, stats)
+                example = join_turns(turns[start:end], cls_id=self.cls, sep_id=self.sep)
+                self._emit(example, ids, lengths, stats)
         return ids, lengths, stats
 
     def _emit(self, example: list[int], ids: list[int], lengths: list[int], stats: EncodeStats) -> None:
@@ -128,11 +127,6 @@ def _chunks(items: Iterable[list[str]], size: int) -> Iterator[list[list[str]]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
-
-
-def source_info(path: str | Path) -> dict:
-    st = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime": st.st_mtime}
 
 
 def preprocess(corpora: list[str | Path], output: str | Path, tokenizer: BertTokenizerFast, *,
@@ -154,7 +148,8 @@ def preprocess(corpora: list[str | Path], output: str | Path, tokenizer: BertTok
                             skip_bad=skip_bad, workers=workers, progress=progress)
 
 
-def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, skip_bad, workers, progress) -> dict:
+def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, skip_bad, workers,
+                 progress) -> dict:
     started = time.perf_counter()
     dtype = np.uint16 if len(tokenizer) <= 2**16 else np.uint32
     read_stats = [CorpusStats() for _ in corpora]
@@ -164,7 +159,7 @@ def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, sk
     encoder = Encoder(tokenizer, max_len, text_mode)
     total, lengths = EncodeStats(), []
     bar = tqdm(desc="encoding", unit=" dialogues", disable=not progress, smoothing=0.1)
-    with open(folder / "tokens.bin", "wb") as out:
+    with open(folder / TOKENS_FILE, "wb") as out:
         for n_dialogues, (ids, lens, stats) in _encode_chunks(encoder, _chunks(dialogues, CHUNK), workers):
             out.write(np.asarray(ids, dtype=dtype).data)  # not tofile: its errors lose the errno (disk full)
             lengths += lens
@@ -177,11 +172,12 @@ def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, sk
                          f"dialogues, skipped {dict(read.skipped + total.skipped) or 'none'}")
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    np.save(folder / "offsets.npy", offsets)
+    np.save(folder / OFFSETS_FILE, offsets)
     meta = {
         "format_version": FORMAT_VERSION, "dtype": np.dtype(dtype).name, "max_len": max_len,
         "vocab_size": len(tokenizer), "vocab_fingerprint": vocab_fingerprint(tokenizer),
-        "corpus_format": [detect_format(p) if format == "auto" else format for p in corpora], "split": split, "text_mode": text_mode,
+        "corpus_format": [detect_format(p) if format == "auto" else format for p in corpora],
+        "split": split, "text_mode": text_mode,
         "sources": [source_info(p) for p in corpora],
         "dialogues": read.dialogues, "turns": read.turns, "chars": read.chars,
         "examples": total.examples, "tokens": total.tokens, "unk_tokens": total.unk,
@@ -189,7 +185,7 @@ def _encode_into(folder: Path, corpora, tokenizer, *, max_len, format, split, sk
         "cut_while_reading": read.cut_turns,
         "skipped": dict(read.skipped + total.skipped), "seconds": round(time.perf_counter() - started, 3),
     }
-    (folder / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_meta(folder, meta)
     return meta
 
 
@@ -248,26 +244,3 @@ def _merge_read(parts: list[CorpusStats]) -> CorpusStats:
         out.cut_turns += p.cut_turns
         out.skipped.update(p.skipped)
     return out
-
-
-def is_encoded_dataset(folder: Path) -> bool:
-    """True for a folder `preprocess` wrote (its meta.json names a format version), holding nothing else."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    names = {p.name for p in folder.iterdir()}
-    return isinstance(meta, dict) and "format_version" in meta and names <= set(DATASET_FILES)
-
-
-def cache_key(corpus: str | Path, *, format: str, split: str | None) -> str:
-    """A folder name for the cached encoding of one corpus file (path and reading options)."""
-    ident = json.dumps([str(Path(corpus).resolve()), format, split])
-    return f"{Path(corpus).stem}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-
-
-def is_fresh(meta: dict, corpora: list[str | Path], tokenizer: BertTokenizerFast, max_len: int) -> bool:
-    """True when an encoded folder still matches its sources, the tokenizer and max_len."""
-    return (meta.get("format_version") == FORMAT_VERSION and meta.get("max_len") == max_len
-            and meta.get("vocab_fingerprint") == vocab_fingerprint(tokenizer)
-            and meta.get("sources") == [source_info(p) for p in corpora])

@@ -106,7 +106,8 @@ def is_vocab_file(path: Path) -> bool:
 def _is_split_alone(ch: str) -> bool:
     """True for characters BERT's pre-tokenizer always makes a token of their own."""
     cp = ord(ch)
-    cjk = 0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2FA1F or 0xF900 <= cp <= 0xFAFF
+    cjk = (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2FA1F
+           or 0xF900 <= cp <= 0xFAFF)
     return cjk or unicodedata.category(ch).startswith("P") or (ch.isascii() and not ch.isalnum())
 
 

@@ -26,7 +26,8 @@ from chatbot.tokenization import banned_token_ids
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
-def generation_config(tokenizer: BertTokenizerFast, options: SamplingOptions = SamplingOptions()) -> GenerationConfig:
+def generation_config(tokenizer: BertTokenizerFast,
+                      options: SamplingOptions = SamplingOptions()) -> GenerationConfig:
     """`options` as Hugging Face generation settings, with our special ids and banned tokens.
 
     transformers applies `repetition_penalty` and `no_repeat_ngram_size` to the prompt too, as
@@ -76,13 +77,15 @@ def _facts(model: PreTrainedModel, args: dict, results: dict) -> list[str]:
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     ppl = results.get("valid_ppl")
     facts = [
-        ("training data", f"`{args.get('train', '?')}`" + (f", {args['valid_ratio']:.0%} held out" if args.get("valid_ratio") else "")),
+        ("training data", f"`{args.get('train', '?')}`"
+                          + (f", {args['valid_ratio']:.0%} held out" if args.get("valid_ratio") else "")),
         ("validation data", f"`{args['valid']}`" if args.get("valid") else "none given"),
-        ("model", f"{c.model_type}, {c.n_layer} layers × {c.n_embd} wide, {c.n_head} heads, {c.n_positions} positions, "
-                  f"{params / 1e6:.1f} M parameters, {c.vocab_size} tokens"),
+        ("model", f"{c.model_type}, {c.n_layer} layers × {c.n_embd} wide, {c.n_head} heads, "
+                  f"{c.n_positions} positions, {params / 1e6:.1f} M parameters, {c.vocab_size} tokens"),
         ("started from", f"`{args.get('source', '?')}`"),
         ("optimizer steps", results.get("step", "not recorded")),
-        ("examples", f"{args.get('max_len', '?')} tokens at most, loss on {args.get('loss_on', 'all')} tokens"),
+        ("examples", f"{args.get('max_len', '?')} tokens at most, "
+                     f"loss on {args.get('loss_on', 'all')} tokens"),
         ("validation perplexity", f"{ppl:.2f}" if ppl is not None and math.isfinite(ppl) else "not measured"),
     ]
     replies = results.get("eval_generate")
@@ -101,7 +104,8 @@ def _usage(args: dict) -> list[str]:
              'tokenizer = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")',
              'model = AutoModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")',
              'messages = [{"role": "user", "content": "你好"}]',
-             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\",",
+             ("inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+              'return_tensors="pt",'),
              "                                       return_dict=True)",
              "output = model.generate(**inputs)  # samples with generation_config.json, stops at [SEP]",
              'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
@@ -109,13 +113,16 @@ def _usage(args: dict) -> list[str]:
              'chat = pipeline("text-generation", model="PATH_TO_THIS_FOLDER")',
              'print(chat(messages)[0]["generated_text"][-1]["content"])',
              "```", "",
-             f"The chat template keeps the newest {MAX_HISTORY} messages in the layout the model was trained on "
-             "(`[CLS] turn [SEP] turn [SEP] …`, or CDial-GPT's `[CLS] [speaker1] turn [speaker2] turn …`). `generation_config.json` holds `chatbot-chat`'s default sampling and never samples "
-             "`[UNK]`, `[PAD]` or `[CLS]`; transformers applies its repetition penalty to the prompt too.", ""]
+             f"The chat template keeps the newest {MAX_HISTORY} messages in the layout the model was "
+             "trained on (`[CLS] turn [SEP] turn [SEP] …`, or CDial-GPT's "
+             "`[CLS] [speaker1] turn [speaker2] turn …`). `generation_config.json` holds "
+             "`chatbot-chat`'s default sampling and never samples `[UNK]`, `[PAD]` or `[CLS]`; "
+             "transformers applies its repetition penalty to the prompt too.", ""]
     if args.get("speaker_ids") or args.get("layout") == CDIAL:
-        lines += ["Trained with `--speaker-ids` or in CDial-GPT's layout: plain `generate()` does not pass the speaker `token_type_ids`; "
-                  "chat with `chatbot-chat` for replies as in training.", ""]
+        lines += ["Trained with `--speaker-ids` or in CDial-GPT's layout: plain `generate()` does not "
+                  "pass the speaker `token_type_ids`; chat with `chatbot-chat` for replies as in "
+                  "training.", ""]
     if args.get("reverse"):
-        lines += ["Trained with `--reverse`: a backward model for MMI reranking (`chatbot-chat --mmi-model`), "
-                  "not for chatting on its own.", ""]
+        lines += ["Trained with `--reverse`: a backward model for MMI reranking "
+                  "(`chatbot-chat --mmi-model`), not for chatting on its own.", ""]
     return lines

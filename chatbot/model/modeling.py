@@ -113,7 +113,8 @@ def check_model_dir(path: str | Path, *, need_tokenizer: bool = True) -> Path:
     if need_tokenizer and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         missing.append("tokenizer.json or vocab.txt")
     if missing:
-        raise FileNotFoundError(f"{path} is not a complete model folder: missing {', '.join(missing)}. {_MODEL_HINT}")
+        raise FileNotFoundError(f"{path} is not a complete model folder: missing {', '.join(missing)}. "
+                                f"{_MODEL_HINT}")
     return path
 
 
@@ -146,13 +147,15 @@ def _download(repo_id: str) -> Path:
         reason = "the Hub has no such model (check the id; a private one needs `hf auth login`)"
     except errors.LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            reason = "the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache (unset HF_HUB_OFFLINE)"
+            reason = ("the Hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache "
+                      "(unset HF_HUB_OFFLINE)")
         else:
             reason = "the Hub cannot be reached and it is not in the local cache (check the network)"
     except OSError as e:  # e.g. the cache folder is not writable or the disk is full
         reason = f"fetching it from the Hub failed: {' '.join(str(e).split())}"
     # `org/name` may be either a folder path or a Hub id (model/final is both): say what each gave.
-    raise FileNotFoundError(f"model folder not found: {repo_id}; as a Hugging Face Hub id, {reason}. {_MODEL_HINT}")
+    raise FileNotFoundError(f"model folder not found: {repo_id}; as a Hugging Face Hub id, {reason}. "
+                            f"{_MODEL_HINT}")
 
 
 def model_type(config: dict, where: str | Path) -> str:
@@ -168,7 +171,8 @@ def model_type(config: dict, where: str | Path) -> str:
         kind = "openai-gpt" if "afn" in config else "gpt2" if "n_embd" in config else None
     if kind not in MODEL_CLASSES:
         found = f"model_type {kind!r} is not supported" if kind else "config.json has no model_type"
-        raise ValueError(f"{where}: {found}: chatbot loads gpt2 (GPT-2, e.g. uer/gpt2-chinese-cluecorpussmall) "
+        raise ValueError(f"{where}: {found}: chatbot loads gpt2 "
+                         "(GPT-2, e.g. uer/gpt2-chinese-cluecorpussmall) "
                          "and openai-gpt (CDial-GPT, e.g. thu-coai/CDial-GPT_LCCC-base)")
     return kind
 
@@ -200,8 +204,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
     model = _load_weights(path, kind, where=str(source))
     bad = nonfinite_parameters(model)
     if bad:
-        raise ValueError(f"{source}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); the run that "
-                         "wrote it diverged. Use an earlier checkpoint-N or best/ folder.")
+        raise ValueError(f"{source}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
+                         "the run that wrote it diverged. Use an earlier checkpoint-N or best/ folder.")
     if resize_embeddings and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     check_vocab_fits(model, tokenizer, where=str(source))
@@ -238,8 +242,9 @@ def _load_weights(path: Path, kind: str, *, where: str) -> PreTrainedModel:
     model_class = MODEL_CLASSES[kind]
     try:
         config = model_class.config_class.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - a wrong type raises transformers' StrictDataclassFieldValidationError
-        raise ValueError(f"{path / 'config.json'} is not a valid {kind} config ({' '.join(str(e).split())})") from None
+    except Exception as e:  # noqa: BLE001 - a wrong type raises StrictDataclassFieldValidationError
+        raise ValueError(f"{path / 'config.json'} is not a valid {kind} config "
+                         f"({' '.join(str(e).split())})") from None
     if kind == "gpt2":
         check_gpt2_config(config, path / "config.json")
     try:
@@ -253,8 +258,9 @@ def _load_weights(path: Path, kind: str, *, where: str) -> PreTrainedModel:
                          "copy it again, or use another checkpoint") from None
     missing = info["missing_keys"]
     if missing:  # transformers would start them random: chatting would print noise
-        raise ValueError(f"{where}: its weights do not fit a {kind} model ({len(missing)} tensors missing, e.g. "
-                         f"{sorted(missing)[0]}); is config.json's model_type right for these weights?")
+        raise ValueError(f"{where}: its weights do not fit a {kind} model "
+                         f"({len(missing)} tensors missing, e.g. {sorted(missing)[0]}); "
+                         "is config.json's model_type right for these weights?")
     return model
 
 
@@ -331,7 +337,9 @@ def check_vocab_fits(model: PreTrainedModel, tokenizer: BertTokenizerFast, *, wh
 
 def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenizerFast,
                training_args: dict, results: dict | None = None) -> Path:
-    """Write a self-describing model folder that Hugging Face tools use unchanged (see chatbot.model.hf_files).
+    """Write a self-describing model folder that Hugging Face tools use unchanged.
+
+    See chatbot.model.hf_files for the Hugging Face files it adds to the weights and tokenizer.
 
     Args:
         results: what training knows about these weights (`step`, `valid_ppl`, `eval_generate`),
@@ -345,7 +353,8 @@ def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenize
     # read a plain BERT vocabulary (GPT2-chitchat's scripts, older transformers).
     vocab = tokenizer.get_vocab()
     (path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
-    (path / TRAINING_ARGS).write_text(json.dumps(training_args, ensure_ascii=False, indent=2), encoding="utf-8")
+    (path / TRAINING_ARGS).write_text(json.dumps(training_args, ensure_ascii=False, indent=2),
+                                      encoding="utf-8")
     layout = dialogue_layout(model.config.model_type, tokenizer, training_args)
     export_hf_files(path, tokenizer, layout=layout, model_max_length=context_limit(model, training_args))
     write_model_card(path, model, training_args, results or {})
