@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from chatbot.bot import ChatBot, Conversation
+from chatbot.bot import ChatBot
+from chatbot.conversation import Conversation
 from chatbot.options import SamplingOptions
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -62,7 +63,7 @@ class Session:
 
     def __post_init__(self):
         self.options = self.options or self.bot.options
-        self.conversation = Conversation(self.bot)
+        self.conversation = Conversation(self.bot.generate, self.bot.settings)
 
     def respond(self, text: str, show: Callable[[str], None] = lambda piece: None, *, retry: bool = False) -> str:
         """Stream the reply to `text` into `show` and record it; an interrupted reply is recorded

@@ -10,9 +10,11 @@ import torch
 from transformers import GPT2LMHeadModel
 
 import chatbot
-from chatbot.bot import ChatBot, resolve_device
-from chatbot.generate.prompt import fit_turns, join_turns, speaker_type_ids
+from chatbot.bot import ChatBot
+from chatbot.distributed import resolve_device
 from chatbot.generate.mmi import backward_input, score_replies
+from chatbot.generate.prompt import fit_turns
+from chatbot.layout import join_turns, speaker_type_ids
 from chatbot.model.modeling import save_model
 from tests.conftest import tiny_config
 
@@ -248,7 +250,7 @@ def test_history_keeps_only_what_the_model_and_retry_can_use(tiny_model_dir):
 
 def test_conversations_are_forgotten_least_recently_used_first_and_after_the_ttl(tiny_model_dir, monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("chatbot.bot._now", lambda: clock[0])
+    monkeypatch.setattr("chatbot.conversation._now", lambda: clock[0])
     bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_conversations=2, conversation_ttl=60)
     a, b = bot.conversation("a"), bot.conversation("b")
     assert bot.conversation("a") is a

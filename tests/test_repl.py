@@ -11,6 +11,7 @@ from rich.console import Console
 
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main
+from chatbot.conversation import Conversation
 from chatbot.repl import Session, parse_settings, prompt_reader, run_repl
 from chatbot.options import SamplingOptions
 
@@ -82,12 +83,12 @@ def test_same_seed_same_session(tiny_model_dir, tmp_path):
     assert replies() == replies()
 
 
-def test_ctrl_c_at_the_prompt_clears_the_line_and_during_a_reply_stops_it(session, monkeypatch):
+def test_ctrl_c_at_the_prompt_clears_the_line_and_during_a_reply_stops_it(session):
     def interrupted(text, history, **options):
         yield "半"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(session.bot, "generate", interrupted)
+    session.conversation = Conversation(interrupted, session.bot.settings)
     text = chat(session, ["^C", "你好", "/history"])
     assert "bot › 半 (stopped; this exchange is forgotten)" in text
     assert "no history yet" in text

@@ -16,7 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from chatbot.generate.batching import BatchDecoder, NewRows
-from chatbot.bot import Prompt
+from chatbot.generate.prompt import Prompt
 from chatbot.options import SamplingOptions
 
 log = logging.getLogger(__name__)
