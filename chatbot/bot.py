@@ -21,6 +21,7 @@ from transformers import BertTokenizerFast, PreTrainedModel
 from chatbot.conversation import Conversation, ConversationSettings, ConversationStore
 from chatbot.distributed import resolve_device
 from chatbot.generate.batching import BatchDecoder
+from chatbot.generate.detokenize import ReplyText, TextStream
 from chatbot.generate.mmi import score_replies
 from chatbot.generate.prompt import DialogueModel, Prompt, fit_turns
 from chatbot.generate.sampling import generate_tokens
@@ -28,7 +29,6 @@ from chatbot.layout import CDIAL, CHITCHAT, EXTRA_TOKENS, MAX_HISTORY
 from chatbot.model.modeling import load_model
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import (
-    TextStream,
     banned_token_ids,
     decode_ids,
     encode_texts,
@@ -186,10 +186,13 @@ class ChatBot:
         steps = generate_tokens(self._forward.model, prompt.input_ids, eos_id=self.tokenizer.sep_token_id,
                                 banned_ids=self._banned, token_type_ids=prompt.token_type_ids,
                                 reply_type_id=prompt.reply_type_id, generator=generator, **asdict(options))
-        if options.num_candidates == 1:
-            yield from self._decode_stream(step[0] for step in steps)
-        else:
-            yield self._decode(self._rerank(steps, prompt.turns))
+        if options.num_candidates > 1:
+            yield decode_ids(self.tokenizer, self._rerank(steps, prompt.turns), self._hidden)
+            return
+        reply = ReplyText(self.text_stream(), eos_id=self.tokenizer.sep_token_id)
+        for (token_id,) in steps:  # generate_tokens ends after [SEP], where the reply's text ends too
+            if piece := reply.add(token_id):
+                yield piece
 
     def prompt(self, text: str, history: list[str], *, max_new_tokens: int) -> Prompt:
         """The model's input for replying to `text` after `history` (oldest first), fitted so that
@@ -215,18 +218,6 @@ class ChatBot:
     def text_stream(self) -> TextStream:
         """Turns a reply's token ids, as they arrive, into the text each one adds."""
         return TextStream(self.tokenizer, self._hidden)
-
-    def _decode(self, ids: list[int]) -> str:
-        return decode_ids(self.tokenizer, ids, self._hidden)
-
-    def _decode_stream(self, token_ids: Iterator[int]) -> Iterator[str]:
-        """Yield the reply's text as it grows, up to the first [SEP]."""
-        text = self.text_stream()
-        for token_id in token_ids:
-            if token_id == self.tokenizer.sep_token_id:
-                return
-            if piece := text.add(token_id):
-                yield piece
 
     def _rerank(self, steps: Iterator[list[int]], turns: list[list[int]]) -> list[int]:
         """Collect all candidates, then keep the one the backward model finds most informative

@@ -131,27 +131,3 @@ def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None
     """
     hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
     return tokenizer.backend_tokenizer.decode([int(i) for i in ids if int(i) not in hidden], skip_special_tokens=False)
-
-
-class TextStream:
-    """A reply's text as its token ids arrive, one at a time.
-
-    Decoding the whole reply each time (not token by token) lets `decode_ids` glue `##` pieces
-    and space English words; each decode only extends the previous one.
-    """
-
-    def __init__(self, tokenizer: BertTokenizerFast, hidden: set[int] | None = None):
-        """Args: as `decode_ids`."""
-        self._tokenizer = tokenizer
-        self._hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
-        self._ids: list[int] = []
-        self.text = ""
-
-    def add(self, token_id: int) -> str:
-        """Append one token; return the text it adds ("" for a hidden token)."""
-        self._ids.append(token_id)
-        new_text = decode_ids(self._tokenizer, self._ids, self._hidden)
-        assert new_text.startswith(self.text), "decode_ids must only append as tokens are added"
-        piece, self.text = new_text[len(self.text):], new_text
-        return piece
-

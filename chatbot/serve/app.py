@@ -27,9 +27,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from chatbot.bot import ChatBot
+from chatbot.generate.detokenize import ReplyText
 from chatbot.serve.engine import Engine, Job, QueueFull
-from chatbot.serve.protocol import (ApiError, ChatRequest, ReplyHead, held_back, parse_request, split_messages,
-                              stop_position, usage)
+from chatbot.serve.protocol import ApiError, ChatRequest, ReplyHead, parse_request, split_messages, usage
 
 log = logging.getLogger(__name__)
 
@@ -237,16 +237,19 @@ def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:
 
 
 class _Reply:
-    """Turns a job's token events into text per choice: stop strings, finish reasons, token counts."""
+    """A job's choices as they arrive: each one's text (a `ReplyText`, which applies the stop
+    strings), token counts, and the decoder's rows of choices a stop string ended."""
 
     def __init__(self, bot: ChatBot, job: Job, stops: list[str], engine: Engine):
-        self.job, self.stops, self.engine = job, stops, engine
-        self.eos_id = bot.tokenizer.sep_token_id
-        n = len(job.seeds)
-        self.streams = [bot.text_stream() for _ in range(n)]
-        self.sent = [0] * n  # characters of each choice's text already handed out
-        self.tokens = [0] * n
-        self.finish_reasons: list[str | None] = [None] * n
+        self.job, self.engine = job, engine
+        eos_id = bot.tokenizer.sep_token_id
+        self.texts = [ReplyText(bot.text_stream(), eos_id=eos_id, stops=stops) for _ in job.seeds]
+        self.tokens = [0] * len(job.seeds)
+
+    @property
+    def finish_reasons(self) -> list[str | None]:
+        """Each choice's finish reason, None while it goes on."""
+        return [text.finish_reason for text in self.texts]
 
     def usage(self) -> dict:
         return usage(len(self.job.prompt.input_ids), sum(self.tokens))
@@ -258,28 +261,21 @@ class _Reply:
             if isinstance(event, Exception):
                 raise ApiError(500, f"generation failed: {event}", type="server_error")
             for choice, token_id, finished in event:
-                if self.finish_reasons[choice] is None:
+                if self.texts[choice].finish_reason is None:
                     yield choice, *self._advance(choice, token_id, finished)
 
     def _advance(self, choice: int, token_id: int, finished: bool) -> tuple[str, str | None]:
         self.tokens[choice] += 1
-        if token_id != self.eos_id:
-            self.streams[choice].add(token_id)
-        text = self.streams[choice].text
-        end, reason = len(text) - held_back(text, self.stops), None
-        if (cut := stop_position(text, self.stops)) is not None:
-            end, reason = cut, "stop"
+        text = self.texts[choice]
+        piece = text.add(token_id, last=finished)
+        if text.finish_reason is not None and not finished:  # a stop string: the decoder would go on
             self.engine.cancel(self.job, [choice])
-        elif finished:
-            end, reason = len(text), "stop" if token_id == self.eos_id else "length"
-        piece, self.sent[choice] = text[self.sent[choice]:end], end
-        self.finish_reasons[choice] = reason
-        return piece, reason
+        return piece, text.finish_reason
 
 
 async def _complete(request: Request, reply: _Reply, head: ReplyHead) -> JSONResponse:
     """The whole reply as one `chat.completion`; a client that hangs up first cancels it."""
-    texts = [""] * len(reply.streams)
+    texts = [""] * len(reply.texts)
 
     async def collect() -> None:
         async for choice, piece, _ in reply.pieces():
@@ -303,7 +299,7 @@ async def _complete(request: Request, reply: _Reply, head: ReplyHead) -> JSONRes
 async def _sse(reply: _Reply, head: ReplyHead, include_usage: bool) -> AsyncIterator[str]:
     """The reply as server-sent events: a role chunk per choice, content chunks, finish chunks, [DONE]."""
     try:
-        for choice in range(len(reply.streams)):
+        for choice in range(len(reply.texts)):
             yield _event(head.chunk(choice, {"role": "assistant", "content": ""}))
         async for choice, piece, reason in reply.pieces():
             if piece:

@@ -3,7 +3,7 @@
 Requests wait in a bounded queue and join the running batch as soon as it has room for their
 choices, even mid-way through other replies; a reply that finishes or is cancelled leaves at the
 next step, freeing its rows for the queue. Token ids go back to each request's asyncio queue;
-turning them into text is the handler's job.
+the handler turns them into text with `chatbot.generate.detokenize.ReplyText`.
 """
 
 from __future__ import annotations

@@ -161,15 +161,3 @@ class ReplyHead:
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
-
-
-def stop_position(text: str, stops: list[str]) -> int | None:
-    """Where the first stop string starts in `text`, or None."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """Characters at the end of `text` that may be the start of a stop string, so not sent yet."""
-    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
-               default=0)
