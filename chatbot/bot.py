@@ -52,8 +52,9 @@ class ChatBot:
     history, and the model is only read.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
-                 backward: tuple[PreTrainedModel, dict] | None = None, max_history: int = MAX_HISTORY,
+    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, *,
+                 training_args: dict | None = None, backward: tuple[PreTrainedModel, dict] | None = None,
+                 max_history: int = MAX_HISTORY,
                  options: SamplingOptions = SamplingOptions(), max_conversations: int | None = 10_000,
                  conversation_ttl: float | None = None, stream_timeout: float = 30.0):
         """Wrap loaded models; most callers want `from_pretrained`.
@@ -78,8 +79,9 @@ class ChatBot:
             split_characters(tokenizer)  # what CDial-GPT's models read (load_model already did it)
         self._backward = DialogueModel(backward[0], tokenizer, backward[1]) if backward else None
         if self._backward and self._backward.layout != CHITCHAT:
-            raise ValueError("MMI reranking reads candidates in the [CLS] u [SEP] layout; the backward model "
-                             f"given reads the {self._backward.layout} layout: train it with chatbot-train --reverse")
+            raise ValueError("MMI reranking reads candidates in the [CLS] u [SEP] layout; the backward "
+                             f"model given reads the {self._backward.layout} layout: train it with "
+                             "chatbot-train --reverse")
         self._hidden = hidden_token_ids(tokenizer)
         self._banned = banned_token_ids(tokenizer)
         self.options = self.resolve_options(options)
@@ -146,8 +148,9 @@ class ChatBot:
             raise ValueError(f"num_candidates={options.num_candidates} needs an MMI model to choose between "
                              "candidates; load one with mmi_model=DIR (--mmi-model) or use 1")
         if options.max_new_tokens > self._forward.max_len - 3:
-            raise ValueError(f"max_new_tokens (--max-len) must be <= {self._forward.max_len - 3} for this model "
-                             f"(its length limit is {self._forward.max_len}), got {options.max_new_tokens}")
+            limit = self._forward.max_len
+            raise ValueError(f"max_new_tokens (--max-len) must be <= {limit - 3} for this model "
+                             f"(its length limit is {limit}), got {options.max_new_tokens}")
         return options
 
     def reply(self, text: str, history: list[str] | None = None, **options) -> str:
@@ -204,7 +207,8 @@ class ChatBot:
                                   max_len=self._forward.max_len - max_new_tokens - extra)
         if notice:
             log.warning(notice)
-        context = self._forward.context(turns, cls_id=self.tokenizer.cls_token_id, sep_id=self.tokenizer.sep_token_id)
+        context = self._forward.context(turns, cls_id=self.tokenizer.cls_token_id,
+                                        sep_id=self.tokenizer.sep_token_id)
         return Prompt(turns, *context)
 
     def batch_decoder(self) -> BatchDecoder:
@@ -226,7 +230,7 @@ class ChatBot:
         sep_id = self.tokenizer.sep_token_id
         replies = [c[:c.index(sep_id)] if sep_id in c else c for c in candidates]
         losses = score_replies(self._backward.model, replies, turns, cls_id=self.tokenizer.cls_token_id,
-                               sep_id=sep_id, pad_id=self.tokenizer.pad_token_id, max_len=self._backward.max_len,
-                               speaker_ids=self._backward.speaker_ids)
+                               sep_id=sep_id, pad_id=self.tokenizer.pad_token_id,
+                               max_len=self._backward.max_len, speaker_ids=self._backward.speaker_ids)
         return replies[min(range(len(replies)), key=losses.__getitem__)]
 

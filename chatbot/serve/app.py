@@ -1,6 +1,7 @@
 """`chatbot-serve`'s web app: OpenAI-compatible chat completions, batched across users, and a chat page.
 
-    settings = ServeSettings("final", max_batch=16, max_concurrent=64, max_body_bytes=2**20, max_message_chars=8000)
+    settings = ServeSettings("final", max_batch=16, max_concurrent=64, max_body_bytes=2**20,
+                             max_message_chars=8000)
     app = create_app(lambda: ChatBot.from_pretrained("model/final"), settings)
 
 The model loads in a background thread once the server starts (`/health` says 503 until then);
@@ -63,8 +64,8 @@ class _State:
     def ready(self) -> tuple[ChatBot, Engine]:
         """The bot and engine, or 503 while the model is still loading."""
         if self.engine is None:
-            raise ApiError(503, "the model is still loading; retry shortly (GET /health says when it is ready)",
-                           type="server_error", code="model_loading")
+            raise ApiError(503, "the model is still loading; retry shortly (GET /health says when it is "
+                           "ready)", type="server_error", code="model_loading")
         return self.bot, self.engine
 
 
@@ -76,7 +77,8 @@ def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
     def load() -> None:
         try:
             bot = load_bot()
-            engine = Engine(bot.batch_decoder(), max_batch=settings.max_batch, max_pending=settings.max_concurrent)
+            engine = Engine(bot.batch_decoder(), max_batch=settings.max_batch,
+                            max_pending=settings.max_concurrent)
             # The engine is what marks the server ready (`_State.ready`), so it is set last.
             state.bot, state.loaded_at = bot, int(time.time())
             state.engine = engine
@@ -97,8 +99,8 @@ def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     _add_error_handlers(app)
     _add_routes(app, state, settings)
     return app
@@ -144,7 +146,8 @@ def _add_page_routes(app: FastAPI, state: _State, settings: ServeSettings) -> No
 
 def _add_model_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
     def model_card() -> dict:
-        return {"id": settings.model_name, "object": "model", "created": state.loaded_at, "owned_by": "chatbot"}
+        return {"id": settings.model_name, "object": "model", "created": state.loaded_at,
+                "owned_by": "chatbot"}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -182,7 +185,8 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
 
 
 def _authorize(request: Request, api_key: str | None) -> None:
-    """Nothing if no key is set or the request's bearer token matches it (compared in constant time), else 401."""
+    """Nothing if no key is set or the request's bearer token matches it (compared in constant
+    time), else 401."""
     if api_key is None:
         return
     given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -200,7 +204,8 @@ def _check_model(model_id: str, served: str) -> None:
 
 async def _read_json(request: Request, limit: int) -> object:
     """The JSON body, read at most `limit` bytes far (413 beyond, 400 if it is not JSON)."""
-    too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)", code="request_too_large")
+    too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)",
+                       code="request_too_large")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_big
@@ -228,7 +233,8 @@ def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:
     try:
         options = bot.resolve_options(num_candidates=1, **changes)
     except ValueError as e:
-        raise ApiError(400, str(e).replace("max_new_tokens (--max-len)", "max_tokens"), param="max_tokens") from None
+        message = str(e).replace("max_new_tokens (--max-len)", "max_tokens")
+        raise ApiError(400, message, param="max_tokens") from None
     prompt = bot.prompt(text, history, max_new_tokens=options.max_new_tokens)
     # Choice i samples with seed + i, so choice 0 is what the same request with n=1 gets.
     base = secrets.randbits(62) if chat.seed is None else chat.seed

@@ -68,7 +68,8 @@ class Engine:
     def stats(self) -> dict:
         """Requests decoding and waiting, and rows finished by reason."""
         with self._cond:
-            return {"running": len(self._running), "waiting": len(self._waiting), "finished": dict(self.finished)}
+            return {"running": len(self._running), "waiting": len(self._waiting),
+                    "finished": dict(self.finished)}
 
     def submit(self, job: Job) -> None:
         """Queue `job`; its events start arriving once it joins the batch.
@@ -104,7 +105,8 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._waiting or self._removals or len(self._decoder))
+                self._cond.wait_for(
+                    lambda: self._closed or self._waiting or self._removals or len(self._decoder))
                 if self._closed:
                     return
                 removals, self._removals = self._removals, []
