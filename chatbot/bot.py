@@ -11,35 +11,24 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import BertTokenizerFast, PreTrainedModel
 
-from chatbot.generate.batching import BatchDecoder
+from chatbot.conversation import Conversation, ConversationSettings, ConversationStore
 from chatbot.distributed import resolve_device
-from chatbot.generate.prompt import MAX_HISTORY, fit_turns
-from chatbot.layout import (
-    CDIAL,
-    CHITCHAT,
-    EXTRA_TOKENS,
-    cdial_layout,
-    join_turns,
-    speaker_token_ids,
-    speaker_type_ids,
-)
+from chatbot.generate.batching import BatchDecoder
+from chatbot.generate.detokenize import ReplyText, TextStream
 from chatbot.generate.mmi import score_replies
-from chatbot.model.modeling import context_limit, dialogue_layout, load_model
-from chatbot.options import SamplingOptions
+from chatbot.generate.prompt import DialogueModel, Prompt, fit_turns
 from chatbot.generate.sampling import generate_tokens
+from chatbot.layout import CDIAL, CHITCHAT, EXTRA_TOKENS, MAX_HISTORY
+from chatbot.model.modeling import load_model
+from chatbot.options import SamplingOptions
 from chatbot.tokenization import (
-    TextStream,
     banned_token_ids,
     decode_ids,
     encode_texts,
@@ -49,40 +38,11 @@ from chatbot.tokenization import (
 )
 
 log = logging.getLogger(__name__)
-_now = time.monotonic  # one clock for conversation ages; tests replace it
 
 
-class _Model:
-    """A loaded model with what generation needs to know about it."""
-
-    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, training_args: dict):
-        self.model = model
-        self.max_len = context_limit(model, training_args)
-        self.layout = dialogue_layout(model.config.model_type, tokenizer, training_args)
-        self.speaker_ids = None
-        if self.layout == CDIAL or training_args.get("speaker_ids"):
-            self.speaker_ids = speaker_token_ids(tokenizer.get_vocab())
-
-    def context(self, turns: list[list[int]], *, cls_id: int,
-                sep_id: int) -> tuple[list[int], list[int] | None, int | None]:
-        """(input ids, token_type_ids or None, the reply's token type id or None) asking for the next turn."""
-        ids = join_turns(turns, cls_id=cls_id, sep_id=sep_id)
-        if self.layout == CDIAL:
-            ids, types, _ = cdial_layout(ids, sep_id=sep_id, speaker_ids=self.speaker_ids, open_reply=True)
-            return ids.tolist(), types.tolist(), int(types[-1])
-        if self.speaker_ids:
-            return ids, *speaker_type_ids(ids, sep_id=sep_id, speaker_ids=self.speaker_ids)
-        return ids, None, None
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """What the model is given to reply to a message."""
-
-    turns: list[list[int]]  # the turns kept, oldest first, as ids without specials
-    input_ids: list[int]  # [CLS] t1 [SEP] t2 [SEP] ...
-    token_type_ids: list[int] | None  # speaker segment ids, for models trained with them
-    reply_type_id: int | None  # the reply's segment id, with token_type_ids
+def _setting(name: str) -> property:
+    """`ChatBot.<name>`: the bot's `ConversationSettings` field `name`, read-only."""
+    return property(lambda bot: getattr(bot.settings, name), doc=f"See `ChatBot.__init__`: {name}.")
 
 
 class ChatBot:
@@ -92,8 +52,9 @@ class ChatBot:
     history, and the model is only read.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, *, training_args: dict | None = None,
-                 backward: tuple[PreTrainedModel, dict] | None = None, max_history: int = MAX_HISTORY,
+    def __init__(self, model: PreTrainedModel, tokenizer: BertTokenizerFast, *,
+                 training_args: dict | None = None, backward: tuple[PreTrainedModel, dict] | None = None,
+                 max_history: int = MAX_HISTORY,
                  options: SamplingOptions = SamplingOptions(), max_conversations: int | None = 10_000,
                  conversation_ttl: float | None = None, stream_timeout: float = 30.0):
         """Wrap loaded models; most callers want `from_pretrained`.
@@ -109,29 +70,28 @@ class ChatBot:
             stream_timeout: seconds a reply stream may be left unread while another turn of the
                 same conversation waits, before that turn goes ahead.
         """
-        if max_history < 1:
-            raise ValueError(f"max_history must be >= 1 (it counts the message itself), got {max_history}")
-        for name, value in [("max_conversations", max_conversations), ("conversation_ttl", conversation_ttl),
-                            ("stream_timeout", stream_timeout)]:
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0{'' if name == 'stream_timeout' else ' or None'}, got {value}")
-        self.max_conversations, self.conversation_ttl = max_conversations, conversation_ttl
-        self.stream_timeout = stream_timeout
+        self.settings = ConversationSettings(max_history=max_history, stream_timeout=stream_timeout,
+                                             max_conversations=max_conversations,
+                                             conversation_ttl=conversation_ttl)
         self.tokenizer = tokenizer
-        self.max_history = max_history
-        self._forward = _Model(model, tokenizer, training_args or {})
+        self._forward = DialogueModel(model, tokenizer, training_args or {})
         if self._forward.layout == CDIAL:
             split_characters(tokenizer)  # what CDial-GPT's models read (load_model already did it)
-        self._backward = _Model(backward[0], tokenizer, backward[1]) if backward else None
+        self._backward = DialogueModel(backward[0], tokenizer, backward[1]) if backward else None
         if self._backward and self._backward.layout != CHITCHAT:
-            raise ValueError("MMI reranking reads candidates in the [CLS] u [SEP] layout; the backward model "
-                             f"given reads the {self._backward.layout} layout: train it with chatbot-train --reverse")
+            raise ValueError("MMI reranking reads candidates in the [CLS] u [SEP] layout; the backward "
+                             f"model given reads the {self._backward.layout} layout: train it with "
+                             "chatbot-train --reverse")
         self._hidden = hidden_token_ids(tokenizer)
         self._banned = banned_token_ids(tokenizer)
         self.options = self.resolve_options(options)
-        self._default = Conversation(self)
-        self._conversations: OrderedDict[str, Conversation] = OrderedDict()  # least recently used first
-        self._lock = threading.Lock()
+        self._default = Conversation(self.generate, self.settings)
+        self._store = ConversationStore(self.generate, self.settings)
+
+    max_history = _setting("max_history")
+    stream_timeout = _setting("stream_timeout")
+    max_conversations = _setting("max_conversations")
+    conversation_ttl = _setting("conversation_ttl")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto", *, dtype: str = "auto",
@@ -188,8 +148,9 @@ class ChatBot:
             raise ValueError(f"num_candidates={options.num_candidates} needs an MMI model to choose between "
                              "candidates; load one with mmi_model=DIR (--mmi-model) or use 1")
         if options.max_new_tokens > self._forward.max_len - 3:
-            raise ValueError(f"max_new_tokens (--max-len) must be <= {self._forward.max_len - 3} for this model "
-                             f"(its length limit is {self._forward.max_len}), got {options.max_new_tokens}")
+            limit = self._forward.max_len
+            raise ValueError(f"max_new_tokens (--max-len) must be <= {limit - 3} for this model "
+                             f"(its length limit is {limit}), got {options.max_new_tokens}")
         return options
 
     def reply(self, text: str, history: list[str] | None = None, **options) -> str:
@@ -215,27 +176,7 @@ class ChatBot:
     def conversation(self, user_id: str) -> Conversation:
         """The conversation of `user_id`, created on first use, the same object until it is
         forgotten (see `max_conversations` and `conversation_ttl`)."""
-        with self._lock:
-            conv = self._conversations.pop(user_id, None) or Conversation(self)
-            self._conversations[user_id] = conv
-            conv.last_used = _now()
-            self._forget_idle()
-            return conv
-
-    def _forget_idle(self) -> None:
-        """Drop the least recently used conversations beyond the limits; one replying stays."""
-        now = _now()
-        for _ in range(len(self._conversations)):
-            user_id, conv = next(iter(self._conversations.items()))
-            too_many = self.max_conversations is not None and len(self._conversations) > self.max_conversations
-            expired = self.conversation_ttl is not None and now - conv.last_used > self.conversation_ttl
-            if not (too_many or expired):
-                return
-            if conv.busy:  # in use, so not idle: count it as used now
-                conv.last_used = now
-                self._conversations.move_to_end(user_id)
-            else:
-                del self._conversations[user_id]
+        return self._store.get(user_id)
 
     def generate(self, text: str, history: list[str], *, seed: int | None = None, **changes) -> Iterator[str]:
         """Yield the reply to `text` after `history`, in pieces; touches no stored history.
@@ -248,10 +189,13 @@ class ChatBot:
         steps = generate_tokens(self._forward.model, prompt.input_ids, eos_id=self.tokenizer.sep_token_id,
                                 banned_ids=self._banned, token_type_ids=prompt.token_type_ids,
                                 reply_type_id=prompt.reply_type_id, generator=generator, **asdict(options))
-        if options.num_candidates == 1:
-            yield from self._decode_stream(step[0] for step in steps)
-        else:
-            yield self._decode(self._rerank(steps, prompt.turns))
+        if options.num_candidates > 1:
+            yield decode_ids(self.tokenizer, self._rerank(steps, prompt.turns), self._hidden)
+            return
+        reply = ReplyText(self.text_stream(), eos_id=self.tokenizer.sep_token_id)
+        for (token_id,) in steps:  # generate_tokens ends after [SEP], where the reply's text ends too
+            if piece := reply.add(token_id):
+                yield piece
 
     def prompt(self, text: str, history: list[str], *, max_new_tokens: int) -> Prompt:
         """The model's input for replying to `text` after `history` (oldest first), fitted so that
@@ -263,7 +207,8 @@ class ChatBot:
                                   max_len=self._forward.max_len - max_new_tokens - extra)
         if notice:
             log.warning(notice)
-        context = self._forward.context(turns, cls_id=self.tokenizer.cls_token_id, sep_id=self.tokenizer.sep_token_id)
+        context = self._forward.context(turns, cls_id=self.tokenizer.cls_token_id,
+                                        sep_id=self.tokenizer.sep_token_id)
         return Prompt(turns, *context)
 
     def batch_decoder(self) -> BatchDecoder:
@@ -278,18 +223,6 @@ class ChatBot:
         """Turns a reply's token ids, as they arrive, into the text each one adds."""
         return TextStream(self.tokenizer, self._hidden)
 
-    def _decode(self, ids: list[int]) -> str:
-        return decode_ids(self.tokenizer, ids, self._hidden)
-
-    def _decode_stream(self, token_ids: Iterator[int]) -> Iterator[str]:
-        """Yield the reply's text as it grows, up to the first [SEP]."""
-        text = self.text_stream()
-        for token_id in token_ids:
-            if token_id == self.tokenizer.sep_token_id:
-                return
-            if piece := text.add(token_id):
-                yield piece
-
     def _rerank(self, steps: Iterator[list[int]], turns: list[list[int]]) -> list[int]:
         """Collect all candidates, then keep the one the backward model finds most informative
         about `turns` (those the forward model saw)."""
@@ -297,108 +230,7 @@ class ChatBot:
         sep_id = self.tokenizer.sep_token_id
         replies = [c[:c.index(sep_id)] if sep_id in c else c for c in candidates]
         losses = score_replies(self._backward.model, replies, turns, cls_id=self.tokenizer.cls_token_id,
-                               sep_id=sep_id, pad_id=self.tokenizer.pad_token_id, max_len=self._backward.max_len,
-                               speaker_ids=self._backward.speaker_ids)
+                               sep_id=sep_id, pad_id=self.tokenizer.pad_token_id,
+                               max_len=self._backward.max_len, speaker_ids=self._backward.speaker_ids)
         return replies[min(range(len(replies)), key=losses.__getitem__)]
 
-
-class Conversation:
-    """One user's history. Turns of one conversation run one at a time, in order.
-
-    A reply holds the conversation's turn from its first piece until it ends, is closed or is
-    garbage-collected. A stream that is kept but no longer read holds it only while nobody else
-    waits: once another turn has waited `ChatBot.stream_timeout` seconds on it, that turn goes
-    ahead, and the stale stream raises `RuntimeError` if it is read again.
-    """
-
-    def __init__(self, bot: ChatBot):
-        self._bot = bot
-        self._turns: list[str] = []
-        self._cond = threading.Condition()
-        self._holder: object | None = None  # the token of the turn in progress
-        self._paused_at: float | None = None  # when the holder last handed out a piece, unread since
-        self.last_used = _now()
-
-    @property
-    def history(self) -> list[str]:
-        """The turns kept, oldest first: message, reply, ... Only the newest `max_history + 1`
-        are kept: those the model sees with the next message, and those a retry needs."""
-        with self._cond:
-            return list(self._turns)
-
-    @property
-    def busy(self) -> bool:
-        """Whether a turn is in progress."""
-        with self._cond:
-            return self._holder is not None
-
-    def reply(self, text: str, **options) -> str:
-        """Answer `text` and remember the exchange (same options as `ChatBot.reply`)."""
-        return "".join(self.stream(text, **options))
-
-    def stream(self, text: str, **options) -> Iterator[str]:
-        """Yield the reply in pieces. The exchange is remembered only once the reply is complete,
-        so an interrupted reply (Ctrl-C, or the caller stopping early) leaves no trace."""
-        with self._turn() as token:
-            pieces = []
-            for piece in self._bot.generate(text, list(self._turns), **options):
-                pieces.append(piece)
-                self._pause(token)
-                yield piece
-                self._resume(token)
-            keep = self._bot.max_history + 1
-            with self._cond:
-                self._turns = [*self._turns, text, "".join(pieces)][-keep:]
-
-    def reset(self) -> None:
-        """Forget the history."""
-        with self._turn():
-            self._turns = []
-
-    def undo(self) -> str | None:
-        """Drop the last exchange and return its message (None if there is none), e.g. to retry it."""
-        with self._turn():
-            if not self._turns:
-                return None
-            text = self._turns[-2]
-            self._turns = self._turns[:-2]
-            return text
-
-    @contextmanager
-    def _turn(self) -> Iterator[object]:
-        """Wait for the turn in progress to end, or to leave its stream unread too long; then hold it."""
-        token = object()
-        timeout = self._bot.stream_timeout
-        with self._cond:
-            while self._holder is not None:
-                if self._paused_at is None:  # the holder is generating: it notifies when it pauses or ends
-                    self._cond.wait()
-                    continue
-                left = timeout - (_now() - self._paused_at)
-                if left <= 0:
-                    log.warning("a reply stream was left unread for %.0f s while a new turn waited; "
-                                "the new turn goes ahead (close() streams you stop reading)", timeout)
-                    break
-                self._cond.wait(left)
-            self._holder, self._paused_at = token, None
-        try:
-            yield token
-        finally:
-            with self._cond:
-                if self._holder is token:
-                    self._holder, self._paused_at = None, None
-                    self._cond.notify_all()
-
-    def _pause(self, token: object) -> None:
-        with self._cond:
-            if self._holder is token:
-                self._paused_at = _now()
-                self._cond.notify_all()
-
-    def _resume(self, token: object) -> None:
-        with self._cond:
-            if self._holder is not token:
-                raise RuntimeError(f"this reply stream was left unread for more than {self._bot.stream_timeout} s "
-                                   "while another turn of the conversation waited, so that turn went ahead; "
-                                   "read streams to the end or close() them")
-            self._paused_at = None

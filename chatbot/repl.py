@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from chatbot.bot import ChatBot, Conversation
+from chatbot.bot import ChatBot
+from chatbot.conversation import Conversation
 from chatbot.options import SamplingOptions
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -62,9 +63,10 @@ class Session:
 
     def __post_init__(self):
         self.options = self.options or self.bot.options
-        self.conversation = Conversation(self.bot)
+        self.conversation = Conversation(self.bot.generate, self.bot.settings)
 
-    def respond(self, text: str, show: Callable[[str], None] = lambda piece: None, *, retry: bool = False) -> str:
+    def respond(self, text: str, show: Callable[[str], None] = lambda piece: None, *,
+                retry: bool = False) -> str:
         """Stream the reply to `text` into `show` and record it; an interrupted reply is recorded
         as such before the interrupt goes on. `retry`: this replaces the last exchange."""
         seed = None if self.seed is None else self.seed + self.replies
@@ -203,8 +205,8 @@ def run_piped(session: Session, lines: Iterable[str], out: TextIO) -> None:
 def _show_reply(session: Session, text: str, console: Console, retry: bool = False) -> None:
     console.print("bot › ", style="bold cyan", end="")
     try:
-        session.respond(text, lambda piece: console.print(printable(piece), end="", markup=False, highlight=False),
-                        retry=retry)
+        session.respond(text, lambda piece: console.print(printable(piece), end="", markup=False,
+                                                          highlight=False), retry=retry)
     except KeyboardInterrupt:
         console.print(" [dim](stopped; this exchange is forgotten)[/]", end="")
     console.print()
@@ -229,8 +231,10 @@ def _history(session: Session, arg: str, console: Console) -> bool:
         console.print("[dim]no history yet[/]")
         return True
     seen = min(session.bot.max_history - 1, len(turns))  # the new message is the last of max_history
-    seen_text = (f"▸ marks the {seen} newest turns, which the bot sees with your next message (fewer if they are "
-                 "too long for the model)") if seen else "the bot sees none of them, only your next message"
+    seen_text = "the bot sees none of them, only your next message"
+    if seen:
+        seen_text = (f"▸ marks the {seen} newest turns, which the bot sees with your next message (fewer if "
+                     "they are too long for the model)")
     console.print(f"[dim]the conversation since the last /reset; {seen_text}[/]", highlight=False)
     for i, turn in enumerate(turns):
         inside = i >= len(turns) - seen
@@ -256,7 +260,8 @@ def _save(session: Session, arg: str, console: Console) -> bool:
     try:
         path = session.save(arg or None)
     except OSError as e:
-        console.print(f"[red]error:[/] cannot save the transcript: {escape(printable(str(e)))}", highlight=False)
+        console.print(f"[red]error:[/] cannot save the transcript: {escape(printable(str(e)))}",
+                      highlight=False)
         return True
     console.print(f"[dim]transcript saved to {escape(printable(str(path)))}[/]", highlight=False)
     return True
@@ -281,7 +286,8 @@ _COMMANDS: dict[str, tuple[Callable[[Session, str, Console], bool], str]] = {
     "/reset": (_reset, "forget the conversation so far (the transcript keeps it)"),
     "/history": (_history, "show the conversation; ▸ marks the turns the bot sees with your next message"),
     "/set": (_set, "/set name=value ...: change sampling options; /set alone shows them"),
-    "/save": (_save, "/save [FILE]: write the transcript and settings as JSON (never over a file it did not write)"),
+    "/save": (_save, "/save [FILE]: write the transcript and settings as JSON "
+                     "(never over a file it did not write)"),
     "/retry": (_retry, "sample the last reply again"),
     "/quit": (_quit, "leave (Ctrl-D does too); Ctrl-C stops a reply being written"),
 }
@@ -308,5 +314,6 @@ def parse_settings(pairs: list[str], current: SamplingOptions) -> dict:
         try:
             changes[name] = kind(raw)
         except ValueError:
-            raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise ValueError(f"{name} must be {expected}, got {raw!r}") from None
     return changes

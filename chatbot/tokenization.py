@@ -44,7 +44,8 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
         ValueError: if the vocabulary lacks [PAD], [UNK], [CLS] or [SEP].
     """
     path = Path(path)
-    if path.is_file() or (path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt"))):
+    has_files = path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt"))
+    if path.is_file() or has_files:
         tokenizer = _read_tokenizer(path)
         n_file = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
         if tokenizer.mask_token is not None and tokenizer.mask_token_id >= n_file:
@@ -100,7 +101,8 @@ def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:
     """A short hash of the id→token table (and of character splitting, which changes the ids of the
     same text), to tell whether cached ids still match a tokenizer."""
     vocab = tokenizer.get_vocab()
-    table = "\n".join(sorted(vocab, key=vocab.__getitem__)) + ("\nsplit-characters" * splits_characters(tokenizer))
+    table = "\n".join(sorted(vocab, key=vocab.__getitem__))
+    table += "\nsplit-characters" * splits_characters(tokenizer)
     return hashlib.sha256(table.encode("utf-8")).hexdigest()[:16]
 
 
@@ -130,28 +132,5 @@ def decode_ids(tokenizer: BertTokenizerFast, ids, hidden: set[int] | None = None
     `hidden` may pass a precomputed `hidden_token_ids(tokenizer)` for hot loops.
     """
     hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
-    return tokenizer.backend_tokenizer.decode([int(i) for i in ids if int(i) not in hidden], skip_special_tokens=False)
-
-
-class TextStream:
-    """A reply's text as its token ids arrive, one at a time.
-
-    Decoding the whole reply each time (not token by token) lets `decode_ids` glue `##` pieces
-    and space English words; each decode only extends the previous one.
-    """
-
-    def __init__(self, tokenizer: BertTokenizerFast, hidden: set[int] | None = None):
-        """Args: as `decode_ids`."""
-        self._tokenizer = tokenizer
-        self._hidden = hidden_token_ids(tokenizer) if hidden is None else hidden
-        self._ids: list[int] = []
-        self.text = ""
-
-    def add(self, token_id: int) -> str:
-        """Append one token; return the text it adds ("" for a hidden token)."""
-        self._ids.append(token_id)
-        new_text = decode_ids(self._tokenizer, self._ids, self._hidden)
-        assert new_text.startswith(self.text), "decode_ids must only append as tokens are added"
-        piece, self.text = new_text[len(self.text):], new_text
-        return piece
-
+    shown = [int(i) for i in ids if int(i) not in hidden]
+    return tokenizer.backend_tokenizer.decode(shown, skip_special_tokens=False)

@@ -10,9 +10,11 @@ import torch
 from transformers import GPT2LMHeadModel
 
 import chatbot
-from chatbot.bot import ChatBot, resolve_device
-from chatbot.generate.prompt import fit_turns, join_turns, speaker_type_ids
+from chatbot.bot import ChatBot
+from chatbot.distributed import resolve_device
 from chatbot.generate.mmi import backward_input, score_replies
+from chatbot.generate.prompt import fit_turns
+from chatbot.layout import join_turns, speaker_type_ids
 from chatbot.model.modeling import save_model
 from tests.conftest import tiny_config
 
@@ -111,7 +113,8 @@ def test_speaker_ids_from_training_args_reach_the_model(tmp_path, tiny_model, to
 
 def test_mmi_picks_a_candidate_in_one_batch(tmp_path, tiny_model_dir, tokenizer):
     torch.manual_seed(1)
-    backward = save_model(tmp_path / "back", GPT2LMHeadModel(tiny_config(tokenizer)), tokenizer, {"reverse": True})
+    backward = save_model(tmp_path / "back", GPT2LMHeadModel(tiny_config(tokenizer)), tokenizer,
+                          {"reverse": True})
     bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", mmi_model=backward, max_new_tokens=6)
     batches = []
     bot._backward.model.register_forward_pre_hook(lambda m, args, kw: batches.append(len(kw["input_ids"])),
@@ -157,7 +160,8 @@ def test_eight_threads_eight_conversations_no_crossed_history(tmp_path, tokenize
     # Large random weights make replies depend on the history, so a crossed history shows.
     torch.manual_seed(0)
     model = GPT2LMHeadModel(tiny_config(tokenizer, initializer_range=0.5))
-    bot = ChatBot.from_pretrained(save_model(tmp_path / "m", model, tokenizer, {}), device="cpu", max_new_tokens=8)
+    bot = ChatBot.from_pretrained(save_model(tmp_path / "m", model, tokenizer, {}), device="cpu",
+                                  max_new_tokens=8)
     chars = "你好吗我很谢今天气"
     users = [f"user-{i}" for i in range(8)]
     messages = {u: [chars[i] + chars[(2 * i + 1) % 9], "谢谢", "今天" + chars[i]] for i, u in enumerate(users)}
@@ -190,7 +194,8 @@ def test_eight_threads_eight_conversations_no_crossed_history(tmp_path, tokenize
 
 
 def test_example_bot_serves_several_users(tiny_model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["bot.py", "--model", str(tiny_model_dir), "--device", "cpu", "--seed", "0"])
+    monkeypatch.setattr(sys, "argv", ["bot.py", "--model", str(tiny_model_dir), "--device", "cpu",
+                                      "--seed", "0"])
     monkeypatch.setattr(sys, "stdin", io.StringIO("alice: 你好\nbob: 谢谢\nno colon here\nalice: 今天\n"))
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     out = capsys.readouterr()
@@ -248,7 +253,7 @@ def test_history_keeps_only_what_the_model_and_retry_can_use(tiny_model_dir):
 
 def test_conversations_are_forgotten_least_recently_used_first_and_after_the_ttl(tiny_model_dir, monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("chatbot.bot._now", lambda: clock[0])
+    monkeypatch.setattr("chatbot.conversation._now", lambda: clock[0])
     bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", max_conversations=2, conversation_ttl=60)
     a, b = bot.conversation("a"), bot.conversation("b")
     assert bot.conversation("a") is a

@@ -7,7 +7,7 @@ import torch
 
 from chatbot.serve import engine
 from chatbot.generate.batching import BatchDecoder
-from chatbot.bot import Prompt
+from chatbot.generate.prompt import Prompt
 from chatbot.serve.engine import Engine, Job
 from chatbot.options import SamplingOptions
 from chatbot.generate.sampling import generate_tokens

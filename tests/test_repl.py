@@ -11,6 +11,7 @@ from rich.console import Console
 
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main
+from chatbot.conversation import Conversation
 from chatbot.repl import Session, parse_settings, prompt_reader, run_repl
 from chatbot.options import SamplingOptions
 
@@ -82,12 +83,12 @@ def test_same_seed_same_session(tiny_model_dir, tmp_path):
     assert replies() == replies()
 
 
-def test_ctrl_c_at_the_prompt_clears_the_line_and_during_a_reply_stops_it(session, monkeypatch):
+def test_ctrl_c_at_the_prompt_clears_the_line_and_during_a_reply_stops_it(session):
     def interrupted(text, history, **options):
         yield "半"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(session.bot, "generate", interrupted)
+    session.conversation = Conversation(interrupted, session.bot.settings)
     text = chat(session, ["^C", "你好", "/history"])
     assert "bot › 半 (stopped; this exchange is forgotten)" in text
     assert "no history yet" in text
@@ -181,13 +182,15 @@ def test_history_marks_the_turns_the_bot_sees_and_escapes_control_characters(ses
     turns = [line for line in shown if line.strip()[:1] in "▸0123456789"]
     assert len(turns) == 6 and not any(line.startswith("you ›") for line in turns)
     assert "\\x1b[2J\\x1b]0;owned\\x07谢谢" in turns[2]
-    assert [line.startswith("▸") for line in turns] == [False] * 4 + [True] * 2  # max_history 3: 2 turns + message
+    # max_history 3: the 2 newest turns, with the next message
+    assert [line.startswith("▸") for line in turns] == [False] * 4 + [True] * 2
     assert turns[-2].endswith("今天") and session.conversation.history[-2] == "今天"
 
 
 def test_save_to_an_unwritable_path_reports_and_the_chat_goes_on(session, tmp_path):
     (tmp_path / "a-file").write_text("mine", encoding="utf-8")
-    text = chat(session, ["你好", f"/save {tmp_path / 'a-file' / 't.json'}", f"/save {tmp_path / 'a-file'}", "谢谢"])
+    text = chat(session, ["你好", f"/save {tmp_path / 'a-file' / 't.json'}", f"/save {tmp_path / 'a-file'}",
+                          "谢谢"])
     assert text.count("error: cannot save the transcript") == 2 and "exists" in text
     assert (tmp_path / "a-file").read_text(encoding="utf-8") == "mine"  # never overwritten
     assert [t["user"] for t in session.transcript] == ["你好", "谢谢"]
@@ -206,8 +209,8 @@ def test_transcripts_are_utf8_unique_per_session_and_mark_retries(tiny_model_dir
     assert [t.get("retry", False) for t in json.loads(raw)["turns"]] == [False, True]
 
 
-def test_transcripts_go_to_the_per_user_data_folder_and_piped_chats_save_none(tiny_model_dir, tmp_path, monkeypatch,
-                                                                             capsys):
+def test_transcripts_go_to_the_per_user_data_folder_and_piped_chats_save_none(tiny_model_dir, tmp_path,
+                                                                             monkeypatch, capsys):
     from chatbot.repl import default_transcript_dir
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
@@ -224,5 +227,6 @@ def test_an_unwritable_log_dir_fails_before_the_model_loads(tmp_path, monkeypatc
     monkeypatch.setattr(sys, "stdin", io.StringIO("你好\n"))
     assert chat_main(["--model", str(tmp_path / "absent"), "--log-dir", str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --log-dir {tmp_path / 'a-file'}: cannot write transcripts there") and "\n" == err[-1]
+    assert err.startswith(f"error: --log-dir {tmp_path / 'a-file'}: cannot write transcripts there")
+    assert err[-1] == "\n"
     assert err.count("\n") == 1 and (tmp_path / "a-file").read_text(encoding="utf-8") == "mine"

@@ -1,6 +1,7 @@
 """`chatbot-serve`'s web app: OpenAI-compatible chat completions, batched across users, and a chat page.
 
-    settings = ServeSettings("final", max_batch=16, max_concurrent=64, max_body_bytes=2**20, max_message_chars=8000)
+    settings = ServeSettings("final", max_batch=16, max_concurrent=64, max_body_bytes=2**20,
+                             max_message_chars=8000)
     app = create_app(lambda: ChatBot.from_pretrained("model/final"), settings)
 
 The model loads in a background thread once the server starts (`/health` says 503 until then);
@@ -27,9 +28,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from chatbot.bot import ChatBot
+from chatbot.generate.detokenize import ReplyText
 from chatbot.serve.engine import Engine, Job, QueueFull
-from chatbot.serve.protocol import (ApiError, ChatRequest, ReplyHead, held_back, parse_request, split_messages,
-                              stop_position, usage)
+from chatbot.serve.protocol import ApiError, ChatRequest, ReplyHead, parse_request, split_messages, usage
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ class _State:
     def ready(self) -> tuple[ChatBot, Engine]:
         """The bot and engine, or 503 while the model is still loading."""
         if self.engine is None:
-            raise ApiError(503, "the model is still loading; retry shortly (GET /health says when it is ready)",
-                           type="server_error", code="model_loading")
+            raise ApiError(503, "the model is still loading; retry shortly (GET /health says when it is "
+                           "ready)", type="server_error", code="model_loading")
         return self.bot, self.engine
 
 
@@ -76,7 +77,8 @@ def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
     def load() -> None:
         try:
             bot = load_bot()
-            engine = Engine(bot.batch_decoder(), max_batch=settings.max_batch, max_pending=settings.max_concurrent)
+            engine = Engine(bot.batch_decoder(), max_batch=settings.max_batch,
+                            max_pending=settings.max_concurrent)
             # The engine is what marks the server ready (`_State.ready`), so it is set last.
             state.bot, state.loaded_at = bot, int(time.time())
             state.engine = engine
@@ -97,8 +99,8 @@ def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     _add_error_handlers(app)
     _add_routes(app, state, settings)
     return app
@@ -144,7 +146,8 @@ def _add_page_routes(app: FastAPI, state: _State, settings: ServeSettings) -> No
 
 def _add_model_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
     def model_card() -> dict:
-        return {"id": settings.model_name, "object": "model", "created": state.loaded_at, "owned_by": "chatbot"}
+        return {"id": settings.model_name, "object": "model", "created": state.loaded_at,
+                "owned_by": "chatbot"}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -182,7 +185,8 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
 
 
 def _authorize(request: Request, api_key: str | None) -> None:
-    """Nothing if no key is set or the request's bearer token matches it (compared in constant time), else 401."""
+    """Nothing if no key is set or the request's bearer token matches it (compared in constant
+    time), else 401."""
     if api_key is None:
         return
     given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -200,7 +204,8 @@ def _check_model(model_id: str, served: str) -> None:
 
 async def _read_json(request: Request, limit: int) -> object:
     """The JSON body, read at most `limit` bytes far (413 beyond, 400 if it is not JSON)."""
-    too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)", code="request_too_large")
+    too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)",
+                       code="request_too_large")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_big
@@ -228,7 +233,8 @@ def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:
     try:
         options = bot.resolve_options(num_candidates=1, **changes)
     except ValueError as e:
-        raise ApiError(400, str(e).replace("max_new_tokens (--max-len)", "max_tokens"), param="max_tokens") from None
+        message = str(e).replace("max_new_tokens (--max-len)", "max_tokens")
+        raise ApiError(400, message, param="max_tokens") from None
     prompt = bot.prompt(text, history, max_new_tokens=options.max_new_tokens)
     # Choice i samples with seed + i, so choice 0 is what the same request with n=1 gets.
     base = secrets.randbits(62) if chat.seed is None else chat.seed
@@ -237,16 +243,19 @@ def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:
 
 
 class _Reply:
-    """Turns a job's token events into text per choice: stop strings, finish reasons, token counts."""
+    """A job's choices as they arrive: each one's text (a `ReplyText`, which applies the stop
+    strings), token counts, and the decoder's rows of choices a stop string ended."""
 
     def __init__(self, bot: ChatBot, job: Job, stops: list[str], engine: Engine):
-        self.job, self.stops, self.engine = job, stops, engine
-        self.eos_id = bot.tokenizer.sep_token_id
-        n = len(job.seeds)
-        self.streams = [bot.text_stream() for _ in range(n)]
-        self.sent = [0] * n  # characters of each choice's text already handed out
-        self.tokens = [0] * n
-        self.finish_reasons: list[str | None] = [None] * n
+        self.job, self.engine = job, engine
+        eos_id = bot.tokenizer.sep_token_id
+        self.texts = [ReplyText(bot.text_stream(), eos_id=eos_id, stops=stops) for _ in job.seeds]
+        self.tokens = [0] * len(job.seeds)
+
+    @property
+    def finish_reasons(self) -> list[str | None]:
+        """Each choice's finish reason, None while it goes on."""
+        return [text.finish_reason for text in self.texts]
 
     def usage(self) -> dict:
         return usage(len(self.job.prompt.input_ids), sum(self.tokens))
@@ -258,28 +267,21 @@ class _Reply:
             if isinstance(event, Exception):
                 raise ApiError(500, f"generation failed: {event}", type="server_error")
             for choice, token_id, finished in event:
-                if self.finish_reasons[choice] is None:
+                if self.texts[choice].finish_reason is None:
                     yield choice, *self._advance(choice, token_id, finished)
 
     def _advance(self, choice: int, token_id: int, finished: bool) -> tuple[str, str | None]:
         self.tokens[choice] += 1
-        if token_id != self.eos_id:
-            self.streams[choice].add(token_id)
-        text = self.streams[choice].text
-        end, reason = len(text) - held_back(text, self.stops), None
-        if (cut := stop_position(text, self.stops)) is not None:
-            end, reason = cut, "stop"
+        text = self.texts[choice]
+        piece = text.add(token_id, last=finished)
+        if text.finish_reason is not None and not finished:  # a stop string: the decoder would go on
             self.engine.cancel(self.job, [choice])
-        elif finished:
-            end, reason = len(text), "stop" if token_id == self.eos_id else "length"
-        piece, self.sent[choice] = text[self.sent[choice]:end], end
-        self.finish_reasons[choice] = reason
-        return piece, reason
+        return piece, text.finish_reason
 
 
 async def _complete(request: Request, reply: _Reply, head: ReplyHead) -> JSONResponse:
     """The whole reply as one `chat.completion`; a client that hangs up first cancels it."""
-    texts = [""] * len(reply.streams)
+    texts = [""] * len(reply.texts)
 
     async def collect() -> None:
         async for choice, piece, _ in reply.pieces():
@@ -303,7 +305,7 @@ async def _complete(request: Request, reply: _Reply, head: ReplyHead) -> JSONRes
 async def _sse(reply: _Reply, head: ReplyHead, include_usage: bool) -> AsyncIterator[str]:
     """The reply as server-sent events: a role chunk per choice, content chunks, finish chunks, [DONE]."""
     try:
-        for choice in range(len(reply.streams)):
+        for choice in range(len(reply.texts)):
             yield _event(head.chunk(choice, {"role": "assistant", "content": ""}))
         async for choice, piece, reason in reply.pieces():
             if piece:

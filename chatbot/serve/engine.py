@@ -3,7 +3,7 @@
 Requests wait in a bounded queue and join the running batch as soon as it has room for their
 choices, even mid-way through other replies; a reply that finishes or is cancelled leaves at the
 next step, freeing its rows for the queue. Token ids go back to each request's asyncio queue;
-turning them into text is the handler's job.
+the handler turns them into text with `chatbot.generate.detokenize.ReplyText`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from chatbot.generate.batching import BatchDecoder, NewRows
-from chatbot.bot import Prompt
+from chatbot.generate.prompt import Prompt
 from chatbot.options import SamplingOptions
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class Engine:
     def stats(self) -> dict:
         """Requests decoding and waiting, and rows finished by reason."""
         with self._cond:
-            return {"running": len(self._running), "waiting": len(self._waiting), "finished": dict(self.finished)}
+            return {"running": len(self._running), "waiting": len(self._waiting),
+                    "finished": dict(self.finished)}
 
     def submit(self, job: Job) -> None:
         """Queue `job`; its events start arriving once it joins the batch.
@@ -104,7 +105,8 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._waiting or self._removals or len(self._decoder))
+                self._cond.wait_for(
+                    lambda: self._closed or self._waiting or self._removals or len(self._decoder))
                 if self._closed:
                     return
                 removals, self._removals = self._removals, []

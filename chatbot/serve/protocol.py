@@ -73,7 +73,8 @@ class ChatRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
-_FIELDS = set(ChatRequest.model_fields) | set(Message.model_fields) | set(_TextPart.model_fields) | {"include_usage"}
+_FIELDS = (set(ChatRequest.model_fields) | set(Message.model_fields) | set(_TextPart.model_fields)
+           | {"include_usage"})
 
 
 def parse_request(data: object, *, max_message_chars: int) -> ChatRequest:
@@ -92,10 +93,12 @@ def parse_request(data: object, *, max_message_chars: int) -> ChatRequest:
         param = _param_name(error["loc"], known=_FIELDS | {error["loc"][-1]} if extra else _FIELDS)
         if extra:
             raise ApiError(400, f"unsupported parameter: {param}", param=param) from None
-        raise ApiError(400, f"{param}: {error['msg']} (got {error.get('input')!r:.80})", param=param) from None
+        raise ApiError(400, f"{param}: {error['msg']} (got {error.get('input')!r:.80})",
+                       param=param) from None
     stops = request.stop_strings
     if len(stops) > MAX_STOP or "" in stops:
-        raise ApiError(400, f"stop: give at most {MAX_STOP} non-empty strings, got {stops!r:.200}", param="stop")
+        raise ApiError(400, f"stop: give at most {MAX_STOP} non-empty strings, got {stops!r:.200}",
+                       param="stop")
     for i, message in enumerate(request.messages):
         if len(message.text) > max_message_chars:
             raise ApiError(400, f"messages[{i}].content has {len(message.text)} characters; the limit is "
@@ -105,7 +108,8 @@ def parse_request(data: object, *, max_message_chars: int) -> ChatRequest:
 
 
 def _param_name(loc: tuple, known: set[str]) -> str:
-    """('messages', 0, 'content', 'str') -> 'messages[0].content': the `known` names, union branches dropped."""
+    """('messages', 0, 'content', 'str') -> 'messages[0].content': the `known` names, union
+    branches dropped."""
     name = ""
     for part in loc:
         if isinstance(part, int):
@@ -161,15 +165,3 @@ class ReplyHead:
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
-
-
-def stop_position(text: str, stops: list[str]) -> int | None:
-    """Where the first stop string starts in `text`, or None."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """Characters at the end of `text` that may be the start of a stop string, so not sent yet."""
-    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
-               default=0)
