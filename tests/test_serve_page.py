@@ -188,7 +188,6 @@ def test_on_a_phone_the_settings_and_api_key_are_one_tap_away(phone, bot, tmp_pa
         wait(browser, lambda b: not key.is_displayed())
 
 
-@pytest.mark.xfail(strict=True, reason="needs chatbot-serve to serve the page's icon at /favicon.svg")
 def test_page_loads_with_no_failed_request_and_nothing_blocked_by_its_csp(desktop, bot):
     with serve(bot) as url:
         desktop.get_log("browser")  # forget what earlier pages logged

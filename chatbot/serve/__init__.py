@@ -4,7 +4,7 @@
     app.py         the FastAPI app: routes, authentication, streaming (SSE) and JSON replies
     engine.py      the scheduler: one thread runs a BatchDecoder over every request
     protocol.py    the chat-completions request schema and response shapes
-    static/        chat.html, the page served at /
+    static/        chat.html, the page served at /, and its icon
 
 Entry point: `create_app(load_bot, ServeSettings)`. The only folder that imports fastapi and
 uvicorn, so the `[serve]` extra is a real boundary.

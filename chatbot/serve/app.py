@@ -135,6 +135,12 @@ def _add_page_routes(app: FastAPI, state: _State, settings: ServeSettings) -> No
         html = resources.files("chatbot.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
         return HTMLResponse(html, headers=PAGE_HEADERS)
 
+    @app.get("/favicon.svg")
+    @app.get("/favicon.ico")  # browsers and bookmark tools ask for it whatever the page links
+    async def favicon() -> Response:
+        icon = resources.files("chatbot.serve").joinpath("static/favicon.svg").read_bytes()
+        return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/health")
     async def health() -> JSONResponse:
         if state.error is not None:
