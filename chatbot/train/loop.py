@@ -50,7 +50,7 @@ from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
 from chatbot.model.loss import NextTokenLoss
 from chatbot.model.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
 from chatbot.train.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
-from chatbot.model.precision import cpu_supports
+from chatbot.model.precision import resolve_precision
 from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
 
@@ -253,24 +253,6 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
-    """(autocast dtype or None, use a GradScaler, name).
-
-    auto: on a GPU bf16 where supported, else fp16; on a CPU bf16 autocast where the CPU runs
-    bf16 natively (AVX512-BF16, AMX), else fp32. On the bundled sample the bf16 loss curve stays
-    within 0.01% of fp32's and the tiny config's step takes half the time (bench/RESULTS.md,
-    bench/bench_precision_loss.py); emulated bf16 would be slower than fp32.
-    """
-    if precision == "auto" and device.type == "cuda":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    elif precision == "auto":
-        precision = "bf16" if device.type == "cpu" and cpu_supports("bf16") else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return dtype, precision == "fp16", precision
 
 
 def load_data(train: str, valid: str | None, tokenizer, *, max_len: int, format: str, split: str | None,
