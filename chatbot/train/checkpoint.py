@@ -1,4 +1,5 @@
-"""Training checkpoints: written atomically, found again for --resume, pruned to a limit.
+"""Training checkpoints: written atomically, found again for --resume, pruned to a limit; and the
+seeding and state an exact resume depends on (`seed_everything`, `TrainState`, every RNG state).
 
 A checkpoint is a model folder (see chatbot.model.modeling) plus `trainer_state.pt`: optimizer,
 scheduler and scaler states, every RNG state, and the position in training (step, epoch,
