@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -28,29 +27,33 @@ REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # ch
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    train: str = opt(str(SAMPLE_TRAIN), "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder "
-                                        "(default: the bundled sample of 438 dialogues)")
+    train: str = opt(str(SAMPLE_TRAIN),
+                     "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder "
+                     "(default: the bundled sample of 438 dialogues)")
     valid: str | None = opt(None, "validation corpus or folder (default: the bundled sample's validation "
                                   "dialogues when training on the bundled sample, else none)")
-    valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation instead of --valid")
+    valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation "
+                                  "instead of --valid")
     format: str = opt("auto", "corpus format", choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read (train, valid, test)", metavar="NAME")
     skip_bad: bool = opt(False, "skip unreadable corpus records instead of stopping")
-    max_len: int | None = opt(None, "tokens per training example (default: min(256, the model's n_positions))")
-    loss_on: str = opt("all", "tokens that carry loss: all, replies (every turn but the first), last (final turn)",
-                       choices=LOSS_ON)
+    max_len: int | None = opt(None, "tokens per training example "
+                                    "(default: min(256, the model's n_positions))")
+    loss_on: str = opt("all", "tokens that carry loss: all, replies (every turn but the first), "
+                              "last (final turn)", choices=LOSS_ON)
     speaker_ids: bool = opt(False, f"add {'/'.join(SPEAKER_TOKENS)} token_type_ids alternating by turn")
     reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
     # model
-    config: str = opt("tiny", "model trained from scratch: a bundled config (tiny, small, base) or a GPT2Config "
-                              "JSON path", metavar="NAME|PATH")
+    config: str = opt("tiny", "model trained from scratch: a bundled config (tiny, small, base) or a "
+                              "GPT2Config JSON path", metavar="NAME|PATH")
     pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 "
-                                       "(uer/gpt2-chinese-*) or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in its own "
-                                       "layout; its tokenizer is used")
-    vocab: str = opt(str(VOCAB), "vocab.txt for a model trained from scratch (default: the bundled vocabulary)")
+                                       "(uer/gpt2-chinese-*) or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in "
+                                       "its own layout; its tokenizer is used")
+    vocab: str = opt(str(VOCAB), "vocab.txt for a model trained from scratch "
+                                 "(default: the bundled vocabulary)")
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
-    freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' (embeddings and the first N blocks)",
-                             metavar="WHAT")
+    freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' "
+                                   "(embeddings and the first N blocks)", metavar="WHAT")
     # optimisation
     epochs: int = opt(40, "passes over the training data")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
@@ -65,9 +68,8 @@ class TrainConfig:
     seed: int = opt(42, "random seed (each process adds its rank)")
     # hardware
     device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)", metavar="DEVICE")
-    precision: str = opt("auto", "auto (GPU: bf16, else fp16; CPU: bf16 where it runs bf16 natively, else fp32), "
-                                 "fp32, bf16 or fp16",
-                         choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = opt("auto", "auto (GPU: bf16, else fp16; CPU: bf16 where it runs bf16 natively, "
+                                 "else fp32), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a slow first one)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     num_workers: int = opt(0, "DataLoader worker processes")
@@ -78,11 +80,13 @@ class TrainConfig:
     save_steps: int = opt(0, "also save a checkpoint every N optimizer steps (0: once per epoch)")
     save_total_limit: int = opt(2, "keep only the newest N checkpoint-* folders (0: keep all)")
     log_steps: int = opt(10, "write metrics every N optimizer steps")
-    resume: str | None = opt(None, "'auto' (newest readable checkpoint in --output-dir) or a checkpoint folder",
-                             metavar="auto|PATH")
-    overwrite: bool = opt(False, "start afresh in an --output-dir holding a previous run, deleting that run's "
-                                 "checkpoints, best/, final/ and metrics (nothing else in it is touched)")
-    eval_generate: int = opt(0, "after training, generate replies for N validation dialogues and log BLEU/Distinct")
+    resume: str | None = opt(None, "'auto' (newest readable checkpoint in --output-dir) "
+                                   "or a checkpoint folder", metavar="auto|PATH")
+    overwrite: bool = opt(False, "start afresh in an --output-dir holding a previous run, deleting that "
+                                 "run's checkpoints, best/, final/ and metrics "
+                                 "(nothing else in it is touched)")
+    eval_generate: int = opt(0, "after training, generate replies for N validation dialogues "
+                                "and log BLEU/Distinct")
     report_to: str = opt("none", "also log metrics to TensorBoard (output_dir/runs) or Weights & Biases "
                                  "(metrics.jsonl is always written)", choices=tuple(REPORT_TO))
     quiet: bool = opt(False, "no progress bar or tables")
@@ -102,10 +106,12 @@ class TrainConfig:
             ("max_grad_norm", 0 <= self.max_grad_norm < math.inf, ">= 0 and finite"),
             ("max_len", self.max_len is None or self.max_len >= 4, ">= 4"),
             ("eval_steps", self.eval_steps >= 0, ">= 0"), ("save_steps", self.save_steps >= 0, ">= 0"),
-            ("patience", self.patience >= 0, ">= 0"), ("save_total_limit", self.save_total_limit >= 0, ">= 0"),
+            ("patience", self.patience >= 0, ">= 0"),
+            ("save_total_limit", self.save_total_limit >= 0, ">= 0"),
             ("log_steps", self.log_steps >= 1, ">= 1"), ("num_workers", self.num_workers >= 0, ">= 0"),
             ("eval_generate", self.eval_generate >= 0, ">= 0"),
-            ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "auto, cpu, cuda or cuda:N"),
+            ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             "auto, cpu, cuda or cuda:N"),
             ("freeze", self.freeze is None or re.fullmatch(r"embeddings|layers:\d+", self.freeze) is not None,
              "'embeddings' or 'layers:N'"),
         ]
@@ -120,12 +126,14 @@ class TrainConfig:
             raise ValueError("--format text has no turns: use --loss-on all")
         package = REPORT_TO[self.report_to]
         if package and importlib.util.find_spec(package) is None:
-            extra = "pip install 'chatbot-zh[tensorboard]'" if package == "tensorboard" else "pip install wandb"
-            raise ValueError(f"--report-to {self.report_to} needs the {package} package, which is not installed; "
-                             f"{extra}, or use --report-to none")
+            extra = ("pip install 'chatbot-zh[tensorboard]'" if package == "tensorboard"
+                     else "pip install wandb")
+            raise ValueError(f"--report-to {self.report_to} needs the {package} package, which is not "
+                             f"installed; {extra}, or use --report-to none")
 
     def valid_path(self) -> str | None:
-        """--valid; else the bundled validation dialogues when training on the bundled sample (and no --valid-ratio)."""
+        """--valid; else the bundled validation dialogues when training on the bundled sample
+        (and no --valid-ratio)."""
         if self.valid is None and not self.valid_ratio and Path(self.train).resolve() == SAMPLE_TRAIN:
             return str(SAMPLE_VALID)
         return self.valid
@@ -157,25 +165,26 @@ class TrainConfig:
         invocation did with --output-dir, and a re-run from the file must not repeat them unasked."""
         return {k: v for k, v in self.to_dict().items() if k not in ("resume", "overwrite")}
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
-
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     corpus: list[str] = opt(help="corpus files (txt, LCCC json, jsonl or plain text)", positional=True,
                             metavar="CORPUS")
-    output: str = opt(help="folder to write tokens.bin, offsets.npy, meta.json into", short="-o", metavar="DIR")
+    output: str = opt(help="folder to write tokens.bin, offsets.npy, meta.json into", short="-o",
+                      metavar="DIR")
     format: str = opt("auto", "corpus format; auto picks by extension and first line (text is never guessed)",
                       choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read: train, valid or test (default: train)", metavar="NAME")
-    vocab: str = opt(str(VOCAB), "BERT vocab.txt to tokenize with (default: the bundled vocabulary)", metavar="FILE")
-    tokenizer: str | None = opt(None, "a folder with tokenizer files instead of --vocab, or the model folder or "
-                                      "Hub id you will fine-tune", metavar="DIR|ID")
-    vocab_out: str | None = opt(None, "first build a vocabulary from the corpora (specials + every character seen "
-                                      "--min-freq times), write it here and encode with it", metavar="FILE")
+    vocab: str = opt(str(VOCAB), "BERT vocab.txt to tokenize with (default: the bundled vocabulary)",
+                     metavar="FILE")
+    tokenizer: str | None = opt(None, "a folder with tokenizer files instead of --vocab, or the model "
+                                      "folder or Hub id you will fine-tune", metavar="DIR|ID")
+    vocab_out: str | None = opt(None, "first build a vocabulary from the corpora (specials + every "
+                                      "character seen --min-freq times), write it here and encode with it",
+                                metavar="FILE")
     min_freq: int = opt(1, "with --vocab-out: keep characters seen at least this often", parse=positive_int)
-    max_len: int = opt(256, "tokens per example; longer dialogues are split at turn boundaries", parse=positive_int)
+    max_len: int = opt(256, "tokens per example; longer dialogues are split at turn boundaries",
+                       parse=positive_int)
     workers: int = opt(1, "encoding processes (default 1: the Rust tokenizer already uses every core)",
                        parse=positive_int)
     skip_bad: bool = opt(False, "skip unreadable records instead of stopping")
@@ -197,15 +206,16 @@ class ChatConfig:
     model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id such as "
                                     "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
-    dtype: str = opt("auto", "weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what it runs "
-                             "natively; int8 is CPU-only", choices=DTYPES)
+    dtype: str = opt("auto", "weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what "
+                             "it runs natively; int8 is CPU-only", choices=DTYPES)
     max_history: int = opt(MAX_HISTORY, "turns the model sees, your new message included", parse=positive_int)
     seed: int | None = opt(None, "make replies reproducible (reply i uses seed + i)")
-    mmi_model: str | None = opt(None, "backward model folder or Hub id (chatbot-train --reverse) that picks the "
-                                      "best of --candidates", metavar="DIR|ID")
-    log_dir: str | None = opt(None, "folder for the transcript saved on exit (default: $XDG_DATA_HOME/chatbot/"
-                                    "transcripts, else ~/.local/share/chatbot/transcripts; a piped chat saves one "
-                                    "only when this is given)", metavar="DIR")
+    mmi_model: str | None = opt(None, "backward model folder or Hub id (chatbot-train --reverse) that picks "
+                                      "the best of --candidates", metavar="DIR|ID")
+    log_dir: str | None = opt(None, "folder for the transcript saved on exit (default: "
+                                    "$XDG_DATA_HOME/chatbot/transcripts, else "
+                                    "~/.local/share/chatbot/transcripts; a piped chat saves one only when "
+                                    "this is given)", metavar="DIR")
     transcript: bool = opt(True, "save a transcript on exit")
     history_file: str = opt(str(Path.home() / ".chatbot_history"),
                             "keeps the lines you type, for Up-arrow recall across sessions", metavar="FILE")
@@ -214,8 +224,8 @@ class ChatConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     model: str = opt("model/final", "model folder or Hub id", metavar="DIR|ID")
-    data: str = opt(str(SAMPLE_VALID), "corpus file or chatbot-preprocess folder (default: the bundled sample's "
-                                       "validation dialogues)", metavar="PATH")
+    data: str = opt(str(SAMPLE_VALID), "corpus file or chatbot-preprocess folder (default: the bundled "
+                                       "sample's validation dialogues)", metavar="PATH")
     format: str = opt("auto", "corpus format", choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read", metavar="NAME")
     skip_bad: bool = opt(False, "skip unreadable corpus records instead of stopping")
@@ -232,8 +242,8 @@ class EvalConfig:
     output: str | None = opt(None, "write the full report (metrics and every sample) as JSON", metavar="FILE")
     overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-eval report")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", metavar="DEVICE")
-    dtype: str = opt("fp32", "weights to score: fp32 (the model itself), or what chatbot-chat runs: auto, bf16, int8",
-                     choices=DTYPES)
+    dtype: str = opt("fp32", "weights to score: fp32 (the model itself), "
+                             "or what chatbot-chat runs: auto, bf16, int8", choices=DTYPES)
     quiet: bool = opt(False, "no progress bars, table or samples")
 
 
@@ -241,18 +251,20 @@ class EvalConfig:
 class ServeConfig:
     model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id",
                      metavar="DIR|ID")
-    served_model_name: str | None = opt(None, "the model id clients see and send (default: the --model value)",
-                                        metavar="NAME")
-    host: str = opt("127.0.0.1", "address to listen on; 0.0.0.0 opens the server to the network", metavar="HOST")
+    served_model_name: str | None = opt(None, "the model id clients see and send "
+                                              "(default: the --model value)", metavar="NAME")
+    host: str = opt("127.0.0.1", "address to listen on; 0.0.0.0 opens the server to the network",
+                    metavar="HOST")
     port: int = opt(8000, "port to listen on (0 = any free port)", parse=port_number)
-    api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: $CHATBOT_API_KEY if set, "
-                                    "else no key)", metavar="KEY")
+    api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: "
+                                    "$CHATBOT_API_KEY if set, else no key)", metavar="KEY")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
     dtype: str = opt("auto", "weights, as chatbot-chat's --dtype: auto, fp32, bf16 or int8", choices=DTYPES)
     max_batch: int = opt(16, "replies decoded together in one batch", parse=positive_int)
-    max_concurrent: int = opt(64, "requests held at once, decoding or queued; more get HTTP 429", parse=positive_int)
+    max_concurrent: int = opt(64, "requests held at once, decoding or queued; more get HTTP 429",
+                              parse=positive_int)
     max_body_bytes: int = opt(2**20, "larger request bodies get HTTP 413", parse=positive_int)
     max_message_chars: int = opt(8000, "longer messages get HTTP 400", parse=positive_int)
-    cors_origin: list[str] = opt([], "let pages from ORIGIN (e.g. https://example.com) call the API; repeatable "
-                                     "(default: none, CORS off)", metavar="ORIGIN")
+    cors_origin: list[str] = opt([], "let pages from ORIGIN (e.g. https://example.com) call the API; "
+                                     "repeatable (default: none, CORS off)", metavar="ORIGIN")
     max_history: int = opt(MAX_HISTORY, "turns the model sees, the new message included", parse=positive_int)

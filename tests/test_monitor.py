@@ -39,3 +39,16 @@ def test_no_events_unless_asked(tmp_path):
     log.write({"step": 1, "loss": 2.0})
     log.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_window_averages_the_loss_over_scored_tokens():
+    import torch
+
+    from chatbot.train.monitor import Window
+
+    window = Window.on(torch.device("cpu"))
+    window.add(torch.tensor(2.0, requires_grad=True), labels=torch.tensor(3), tokens=torch.tensor(5))
+    window.add(torch.tensor(0.5), labels=torch.tensor(1), tokens=torch.tensor(4))
+    loss, tokens, tokens_per_s = window.totals()
+    assert (loss, tokens) == ((2.0 * 3 + 0.5 * 1) / 4, 9)
+    assert tokens_per_s > 0

@@ -7,7 +7,6 @@ from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
 from chatbot.model import precision
-from chatbot.train import loop as train
 from chatbot.bot import ChatBot
 from chatbot.cli import chat_main
 from chatbot.data.dataset import load_dataset, make_collate
@@ -66,7 +65,8 @@ def test_reduced_precision_keeps_perplexity_and_most_greedy_replies(trained, dty
     folder, valid = trained
 
     def ppl(d):
-        report = evaluate_model(str(folder), str(valid), device="cpu", dtype=d, generate=False, progress=False)
+        report = evaluate_model(str(folder), str(valid), device="cpu", dtype=d, generate=False,
+                                progress=False)
         return report.perplexity["ppl"]
 
     def replies(d):
@@ -119,6 +119,26 @@ def test_gpu_precisions(monkeypatch):
         resolve_dtype("fp64", torch.device("cpu"))
 
 
+@pytest.mark.parametrize(("device", "bf16_gpu", "cpu", "inference", "training"), [
+    ("cuda", True, set(), "bf16", "bf16"), ("cuda", False, set(), "fp16", "fp16"),
+    ("cpu", False, {"int8", "bf16"}, "int8", "bf16"), ("cpu", False, {"bf16"}, "bf16", "bf16"),
+    ("cpu", False, {"int8"}, "int8", "fp32"), ("cpu", False, set(), "fp32", "fp32"),
+    ("mps", False, {"int8", "bf16"}, "fp32", "fp32"),
+])
+def test_auto_means_the_same_for_inference_and_training_but_int8(monkeypatch, device, bf16_gpu, cpu,
+                                                                   inference, training):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
+    monkeypatch.setattr(precision, "cpu_supports", lambda d: d == "fp32" or d in cpu)
+    assert precision.resolve_dtype("auto", torch.device(device)) == inference
+    assert precision.resolve_precision("auto", torch.device(device))[2] == training
+
+
+def test_training_fp16_needs_a_gpu():
+    assert precision.resolve_precision("bf16", torch.device("cpu")) == (torch.bfloat16, False, "bf16")
+    with pytest.raises(ValueError, match=r"--precision fp16 needs a GPU; use bf16 or fp32 on CPU"):
+        precision.resolve_precision("fp16", torch.device("cpu"))
+
+
 def test_chat_rejects_an_unknown_dtype_before_loading(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         chat_main(["--model", str(tmp_path / "absent"), "--dtype", "fp64"])
@@ -147,6 +167,6 @@ def test_linear_conversion_computes_what_conv1d_did():
 
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_training_auto_precision_is_bf16_on_cpus_that_run_it_natively(monkeypatch, native_bf16, expected):
-    monkeypatch.setattr(train, "cpu_supports", lambda d: native_bf16 and d == "bf16")
-    assert train.resolve_precision("auto", torch.device("cpu"))[2] == expected
-    assert train.resolve_precision("fp32", torch.device("cpu"))[2] == "fp32"
+    monkeypatch.setattr(precision, "cpu_supports", lambda d: native_bf16 and d == "bf16")
+    assert precision.resolve_precision("auto", torch.device("cpu"))[2] == expected
+    assert precision.resolve_precision("fp32", torch.device("cpu"))[2] == "fp32"

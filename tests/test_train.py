@@ -13,7 +13,8 @@ from transformers import BertTokenizerFast, GPT2LMHeadModel
 
 from chatbot.cli import train_main
 from chatbot.config import TrainConfig
-from chatbot.train.loop import lr_factor, train
+from chatbot.train.loop import train
+from chatbot.train.optim import lr_factor
 from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +57,9 @@ def test_train_writes_checkpoints_best_and_final(corpus, model_config, vocab_fil
     out = tmp_path / "out"
     assert result.exit_code == 0 and result.steps == 8  # 16 train examples / batch 4 x 2 epochs
     assert sorted(p.name for p in out.iterdir()) == ["best", "checkpoint-8", "final", "metrics.jsonl"]
-    model_files = ["README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
-                   "tokenizer.json", "tokenizer_config.json", "training_args.json", "vocab.txt"]
+    model_files = ["README.md", "chat_template.jinja", "config.json", "generation_config.json",
+                   "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.json",
+                   "vocab.txt"]
     assert sorted(os.listdir(out / "final")) == model_files
     assert sorted(os.listdir(out / "checkpoint-8")) == sorted(model_files + ["trainer_state.pt"])
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values()) and len(losses(out)) == 8
@@ -103,14 +105,16 @@ def test_fine_tune_from_pretrained_folder(corpus, vocab_file, tokenizer, tmp_pat
     model = GPT2LMHeadModel(tiny_config(tokenizer, bos_token_id=50256, eos_token_id=50256))
     model.save_pretrained(pretrained)
     tokenizer.save_pretrained(pretrained)
-    result = train(TrainConfig(train=str(corpus), pretrained=str(pretrained), output_dir=str(tmp_path / "out"),
-                               epochs=1, batch_size=4, quiet=True, freeze="layers:1"))
+    result = train(TrainConfig(train=str(corpus), pretrained=str(pretrained),
+                               output_dir=str(tmp_path / "out"), epochs=1, batch_size=4, quiet=True,
+                               freeze="layers:1"))
     tuned = GPT2LMHeadModel.from_pretrained(tmp_path / "out" / "final")
     assert (tuned.config.bos_token_id, tuned.config.eos_token_id) == (2, 3)
     # Embeddings and block 0 are frozen; block 1 trained.
     assert torch.equal(tuned.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight)
     assert torch.equal(tuned.transformer.wte.weight, model.transformer.wte.weight)
-    assert not torch.equal(tuned.transformer.h[1].attn.c_attn.weight, model.transformer.h[1].attn.c_attn.weight)
+    trained_block = tuned.transformer.h[1].attn.c_attn.weight
+    assert not torch.equal(trained_block, model.transformer.h[1].attn.c_attn.weight)
     assert result.steps == 5
 
 

@@ -1,11 +1,13 @@
-"""Inference precision: fp32, bf16 weights, or int8 dynamically quantized linear layers.
+"""Precision, training and inference: which dtype "auto" means where, and the inference conversions.
 
-    model = prepare_model(model, resolve_dtype("auto", device))
+    autocast_dtype, use_scaler, name = resolve_precision("auto", device)   # training
+    model = prepare_model(model, resolve_dtype("auto", device))            # inference
 
-A reply is one forward pass per token, and each pass reads every weight once: on a CPU the
-time goes into streaming weights from memory, so fewer bytes per weight is what makes a
-reply faster. bf16 halves them (and the KV cache); int8 quarters the linear layers' and runs
-their matmuls on the CPU's VNNI int8 instructions. Training is not affected.
+Training runs fp32 weights under bf16/fp16 autocast. Inference converts the weights: a reply is
+one forward pass per token, and each pass reads every weight once; on a CPU the time goes into
+streaming weights from memory, so fewer bytes per weight is what makes a reply faster. bf16
+halves them (and the KV cache); int8 quarters the linear layers' and runs their matmuls on the
+CPU's VNNI int8 instructions. `auto_dtype` is the one place that decides what "auto" means.
 """
 
 from __future__ import annotations
@@ -33,29 +35,53 @@ def cpu_supports(dtype: str) -> bool:
     return dtype == "fp32"
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """The precision `dtype` means on `device`: "fp32", "bf16", "fp16" or "int8".
+def auto_dtype(device: torch.device, *, int8: bool) -> str:
+    """What "auto" means on `device`: the fastest precision it runs natively.
 
-    `auto` is bf16 on a GPU (fp16 where bf16 is not supported); on a CPU, int8 where it has
-    VNNI, else bf16 where it has native bf16, else fp32 (the quality check in
-    tests/test_precision.py holds int8 and bf16 to fp32's perplexity).
+    A GPU: bf16, or fp16 where bf16 is not supported. A CPU: int8 where it has VNNI (only with
+    `int8`: training passes False, as dynamic quantization has no backward), else bf16 where it
+    runs bf16 natively, else fp32 (see `cpu_supports`). Any other device: fp32.
+    """
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type != "cpu":
+        return "fp32"
+    candidates = ("int8", "bf16") if int8 else ("bf16",)
+    return next((d for d in candidates if cpu_supports(d)), "fp32")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The inference precision `dtype` means on `device`: "fp32", "bf16", "fp16" or "int8".
+
+    `auto` is `auto_dtype(device, int8=True)` (the quality check in tests/test_precision.py holds
+    int8 and bf16 to fp32's perplexity).
 
     Raises:
         ValueError: for an unknown name, or int8 asked for on a GPU.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if device.type == "cuda":
-        if dtype == "int8":
-            raise ValueError("--dtype int8 is CPU-only (dynamic quantization); use --dtype bf16 on a GPU")
-        if dtype == "auto":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return dtype
-    if device.type != "cpu":
-        return "fp32" if dtype == "auto" else dtype
-    if dtype == "auto":
-        return next(d for d in ("int8", "bf16", "fp32") if cpu_supports(d))
-    return dtype
+    if device.type == "cuda" and dtype == "int8":
+        raise ValueError("--dtype int8 is CPU-only (dynamic quantization); use --dtype bf16 on a GPU")
+    return auto_dtype(device, int8=True) if dtype == "auto" else dtype
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
+    """The training precision `precision` means on `device`: (autocast dtype or None, use a GradScaler, name).
+
+    `auto` is `auto_dtype(device, int8=False)`. On the bundled sample the bf16 loss curve stays
+    within 0.01% of fp32's and the tiny config's step takes half the time (bench/RESULTS.md,
+    bench/bench_precision_loss.py).
+
+    Raises:
+        ValueError: for fp16 asked for off a GPU.
+    """
+    if precision == "auto":
+        precision = auto_dtype(device, int8=False)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return dtype, precision == "fp16", precision
 
 
 def prepare_model(model: nn.Module, dtype: str) -> nn.Module:

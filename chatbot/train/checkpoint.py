@@ -1,4 +1,5 @@
-"""Training checkpoints: written atomically, found again for --resume, pruned to a limit.
+"""Training checkpoints: written atomically, found again for --resume, pruned to a limit; and the
+seeding and state an exact resume depends on (`seed_everything`, `TrainState`, every RNG state).
 
 A checkpoint is a model folder (see chatbot.model.modeling) plus `trainer_state.pt`: optimizer,
 scheduler and scaler states, every RNG state, and the position in training (step, epoch,
@@ -16,6 +17,7 @@ import pickle
 import random
 import re
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,14 @@ from safetensors import SafetensorError, safe_open
 from chatbot.distributed import DistInfo, main_process_first
 from chatbot.fileio import check_output_dir, clear_outputs, recover_stale_in, remove_dir, stale_target
 from chatbot.fileio import atomic_dir as _atomic_dir
-from chatbot.model.modeling import TRAINING_ARGS, check_model_dir, first_line, nonfinite_parameters, save_model
+from chatbot.model.modeling import (
+    TRAINING_ARGS,
+    check_model_dir,
+    first_line,
+    nonfinite_parameters,
+    read_training_args,
+    save_model,
+)
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 2  # 1: pickled numpy RNG state (never loaded again); 2: tensors and plain containers only
@@ -36,6 +45,17 @@ _RUN_FILES = ("metrics.jsonl", "runs", "best", "final")  # what a run writes bes
 
 class NonFiniteError(ValueError):
     """Training produced NaN or infinite values; nothing non-finite is saved or published."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint, so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    micro_in_epoch: int = 0  # micro-batches done in the current epoch
+    best_loss: float | None = None  # best validation loss so far
+    bad_evals: int = 0  # validations since the best one
 
 
 def rng_states() -> dict:
@@ -60,9 +80,64 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's RNGs (torch's on every device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """Every rank's `rng_states`, in rank order, so each rank resumes its own dropout stream.
+
+    A collective under DDP: every rank calls it.
+    """
+    mine = rng_states()
+    if not info.enabled:
+        return [mine]
+    states = [None] * info.world_size
+    torch.distributed.all_gather_object(states, mine)
+    return states
+
+
+def trainer_state(optimizer, scheduler, scaler, progress: TrainState, info: DistInfo) -> dict:
+    """What a checkpoint keeps beside the weights (`STATE_FILE`, holding `_STATE_KEYS`).
+
+    Every rank calls it: the RNG states are gathered from all of them (see `gather_rng_states`).
+    """
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "progress": asdict(progress), "rng": gather_rng_states(info)}
+
+
+def restore_trainer_state(path: Path, optimizer, scheduler, scaler, *, rank: int) -> TrainState:
+    """Load checkpoint `path`'s `trainer_state` back into these objects and this rank's RNGs.
+
+    Returns:
+        Where training stood when it was saved.
+    """
+    saved = load_state(path)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    # Resumed on more processes than saved it, the extra ranks continue the last rank's stream.
+    restore_rng_states(saved["rng"][min(rank, len(saved["rng"]) - 1)])
+    return TrainState(**saved["progress"])
+
+
+def warn_changed_args(resume_dir: Path, current: dict) -> None:
+    """Print which settings that decide the batches and the loss differ from the checkpoint's run."""
+    saved = read_training_args(resume_dir)
+    keys = ("train", "batch_size", "grad_accum", "seed", "max_len", "loss_on", "reverse", "speaker_ids", "lr")
+    changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    if changed:
+        print(f"warning: resuming {resume_dir} with changed settings ({'; '.join(changed)}); "
+              "the run will not match an uninterrupted one")
+
+
 def atomic_model_dir(path: Path):
     """`atomic_dir` for a model folder: an existing one is replaced only if chatbot wrote it."""
-    return _atomic_dir(path, is_ours=lambda p: (p / "config.json").is_file() and (p / TRAINING_ARGS).is_file())
+    return _atomic_dir(path,
+                       is_ours=lambda p: (p / "config.json").is_file() and (p / TRAINING_ARGS).is_file())
 
 
 def save_checkpoint(output_dir: Path, step: int, model, tokenizer, training_args: dict, state: dict,
@@ -102,8 +177,8 @@ def check_finite_weights(model, what: str, output_dir: Path) -> None:
     """Raise NonFiniteError if any parameter holds NaN or inf."""
     bad = nonfinite_parameters(model)
     if bad:
-        raise NonFiniteError(f"training diverged: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
-                             f"{what} was not written. {_restart_hint(output_dir)}")
+        raise NonFiniteError(f"training diverged: {len(bad)} weight tensors hold NaN or inf "
+                             f"(first: {bad[0]}); {what} was not written. {_restart_hint(output_dir)}")
 
 
 def check_finite_loss(loss: float, step: int, since_step: int, output_dir: Path) -> None:
@@ -117,8 +192,8 @@ def check_finite_loss(loss: float, step: int, since_step: int, output_dir: Path)
 def _restart_hint(output_dir: Path) -> str:
     good = list_checkpoints(output_dir)
     if good:  # every checkpoint passed check_finite_weights when it was saved
-        return (f"The last good checkpoint is {good[-1]}: resume from it with --resume {good[-1]} and a lower "
-                "--lr (or more --warmup-steps).")
+        return (f"The last good checkpoint is {good[-1]}: resume from it with --resume {good[-1]} and "
+                "a lower --lr (or more --warmup-steps).")
     return "No checkpoint was saved before: start again with a lower --lr (or more --warmup-steps)."
 
 
@@ -169,7 +244,8 @@ def resolve_resume(resume: str | None, output_dir: Path, *, quiet: bool = False)
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         found = ", ".join(p.name for p in list_checkpoints(path)) if path.is_dir() else ""
-        hint = f" It holds {found}: pass one of those." if found else " Pass a checkpoint-N folder or --resume auto."
+        hint = (f" It holds {found}: pass one of those." if found
+                else " Pass a checkpoint-N folder or --resume auto.")
         raise FileNotFoundError(f"{path} is not a training checkpoint (no {STATE_FILE}).{hint}")
     check_model_dir(path)
     problem = checkpoint_problem(path)
@@ -215,10 +291,10 @@ def load_state(path: Path, *, mmap: bool = False) -> dict:
             f"instead: --pretrained {path} (the optimizer state starts afresh)") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{file} is damaged, truncated or unreadable ({first_line(e)})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or any(k not in state for k in _STATE_KEYS):
-        raise ValueError(f"{file} is not a trainer state this chatbot version wrote (format "
-                         f"{state.get('format') if isinstance(state, dict) else '?'}, expected {STATE_FORMAT}); "
-                         f"start from its weights with --pretrained {path}")
+    found = state.get("format") if isinstance(state, dict) else "?"
+    if found != STATE_FORMAT or any(k not in state for k in _STATE_KEYS):
+        raise ValueError(f"{file} is not a trainer state this chatbot version wrote (format {found}, "
+                         f"expected {STATE_FORMAT}); start from its weights with --pretrained {path}")
     return state
 
 

@@ -9,50 +9,51 @@ publishes the final model.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from chatbot.train.allocator import keep_freed_memory
-from chatbot.train.checkpoint import (
-    check_finite_loss,
-    check_finite_weights,
-    load_state,
-    open_output_dir,
-    publish_model,
-    restore_rng_states,
-    rng_states,
-    save_checkpoint,
-)
 from chatbot.config import TrainConfig
-from chatbot.data.dataset import LengthGroupedBatchSampler, load_dataset, make_collate, padding_fraction, split_holdout
+from chatbot.data.dataset import (LengthGroupedBatchSampler, load_dataset, make_collate, padding_fraction,
+                                  split_holdout)
 from chatbot.distributed import (
     DistInfo,
-    all_reduce_sum,
     broadcast_flag,
     cleanup,
     main_process_first,
     setup_distributed,
 )
 from chatbot.evaluate import evaluate_loss
-from chatbot.model.hf_files import write_model_card
 from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
+from chatbot.model.hf_files import write_model_card
 from chatbot.model.loss import NextTokenLoss
-from chatbot.model.modeling import build_model, dialogue_layout, load_gpt2_config, load_model, read_training_args
-from chatbot.train.monitor import EXIT_SIGNAL, MetricsLog, StopRequest
-from chatbot.model.precision import cpu_supports
+from chatbot.model.modeling import build_model, dialogue_layout, load_gpt2_config, load_model
+from chatbot.model.precision import resolve_precision
 from chatbot.reports import print_table, print_unk_rate
 from chatbot.tokenization import load_tokenizer
+from chatbot.train.allocator import keep_freed_memory
+from chatbot.train.checkpoint import (
+    TrainState,
+    check_finite_loss,
+    check_finite_weights,
+    open_output_dir,
+    publish_model,
+    restore_trainer_state,
+    save_checkpoint,
+    seed_everything,
+    trainer_state,
+    warn_changed_args,
+)
+from chatbot.train.monitor import EXIT_SIGNAL, MetricsLog, StopRequest, Window
+from chatbot.train.optim import apply_freeze, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -64,32 +65,7 @@ class TrainResult:
     model: PreTrainedModel  # the trained weights, unwrapped from DDP/compile
 
 
-@dataclass
-class TrainState:
-    """Where training stands; saved in every checkpoint, so a resumed run continues exactly."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # epochs completed
-    micro_in_epoch: int = 0  # micro-batches done in the current epoch
-    best_loss: float | None = None  # best validation loss so far
-    bad_evals: int = 0  # validations since the best one
-
-
-@dataclass
-class Window:
-    """Sums since the last log line. They stay on the device: reading them every micro-step would stall a GPU."""
-
-    loss: torch.Tensor  # sum of token losses
-    labels: torch.Tensor  # scored tokens
-    tokens: torch.Tensor  # real (non-padding) tokens
-    started: float = field(default_factory=time.perf_counter)
-
-    @classmethod
-    def on(cls, device: torch.device) -> Window:
-        return cls(*(torch.zeros((), dtype=d, device=device) for d in (torch.float32, torch.long, torch.long)))
-
-
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything `setup` builds; `fit` and `finish` work on it."""
 
@@ -111,9 +87,10 @@ class Run:
     autocast_dtype: torch.dtype | None
     micro_per_epoch: int
     total_steps: int
-    log: MetricsLog
-    bar: tqdm
     window: Window
+    # Opened once setup has printed its plan: tqdm draws its bar and wandb prints as they open.
+    log: MetricsLog | None = None
+    bar: tqdm | None = None
     state: TrainState = field(default_factory=TrainState)
     batches: Iterator | None = None  # the current epoch's micro-batches
     saved_step: int | None = None  # step of the last checkpoint, so none is written twice
@@ -152,29 +129,15 @@ def setup(cfg: TrainConfig) -> Run:
     info, device = setup_distributed(cfg.device)
     if device.type == "cpu":
         keep_freed_memory()  # a third of a small model's CPU step went into page faults without it
-    output_dir, resume_dir = open_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, info=info)
-    _seed_everything(cfg.seed + info.rank)
+    _, resume_dir = open_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, info=info)
+    seed_everything(cfg.seed + info.rank)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model, tokenizer, source, layout = setup_model(resume_dir=resume_dir, pretrained=cfg.pretrained, config=cfg.config,
-                                                   vocab=cfg.vocab, resize_embeddings=cfg.resize_embeddings)
+    model, tokenizer, source, layout = setup_model(resume_dir=resume_dir, pretrained=cfg.pretrained,
+                                                   config=cfg.config, vocab=cfg.vocab,
+                                                   resize_embeddings=cfg.resize_embeddings)
     max_len = cfg.resolved_max_len(model.config.n_positions)
-    trainable, total_params = apply_freeze(model, cfg.freeze)
-    if trainable == 0:
-        raise ValueError(f"--freeze {cfg.freeze} leaves nothing to train")
-    # Examples are stored as [CLS] u1 [SEP] …; the model's layout may add tokens to them.
-    with main_process_first(info):  # rank 0 encodes raw corpora into the cache, the others then read it
-        train_set, valid_set = load_data(cfg.train, cfg.valid_path(), tokenizer, max_len=max_len - EXTRA_TOKENS[layout],
-                                         format=cfg.format, split=cfg.split, skip_bad=cfg.skip_bad,
-                                         progress=info.is_main and not cfg.quiet)
-    if info.is_main:
-        print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
-    if cfg.valid_ratio:
-        train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
-    if len(train_set) < info.world_size:
-        raise ValueError(f"{cfg.train} gave {len(train_set)} training examples, fewer than the "
-                         f"{info.world_size} processes; use more data")
-    if cfg.eval_generate and valid_set is None:
-        raise ValueError("--eval-generate needs validation data: give --valid FILE or --valid-ratio F")
+    params = apply_freeze(model, cfg.freeze)
+    train_set, valid_set = setup_data(cfg, info, tokenizer, max_len=max_len, layout=layout)
     raw_model, model, autocast_dtype, use_scaler, precision = _place_model(model, cfg, info, device)
     collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse,
                            layout=layout)
@@ -186,19 +149,24 @@ def setup(cfg: TrainConfig) -> Run:
     total_steps = cfg.total_steps(math.ceil(len(sampler) / cfg.grad_accum))
     warmup = cfg.warmup(total_steps)
     optimizer = make_optimizer(raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.scheduler))
-    training_args = dict(cfg.recorded(), valid=cfg.valid_path(), max_len=max_len, source=source, layout=layout)
-    run = Run(cfg, info, device, model, raw_model, tokenizer, training_args, train_set, valid_set, collate, sampler,
-              loader, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_scaler), autocast_dtype,
-              len(sampler), total_steps, log=None, bar=None, window=Window.on(device))
+    run = Run(cfg=cfg, info=info, device=device, model=model, raw_model=raw_model, tokenizer=tokenizer,
+              training_args=dict(cfg.recorded(), valid=cfg.valid_path(), max_len=max_len, source=source,
+                                 layout=layout),
+              train_set=train_set, valid_set=valid_set, collate=collate, sampler=sampler, loader=loader,
+              optimizer=optimizer,
+              scheduler=make_scheduler(optimizer, warmup=warmup, total=total_steps, kind=cfg.scheduler),
+              scaler=torch.amp.GradScaler(device.type, enabled=use_scaler), autocast_dtype=autocast_dtype,
+              micro_per_epoch=len(sampler), total_steps=total_steps, window=Window.on(device))
     if resume_dir is not None:
-        _restore(run, resume_dir)
+        run.state = restore_trainer_state(resume_dir, optimizer, run.scheduler, run.scaler, rank=info.rank)
+        if info.is_main:
+            warn_changed_args(resume_dir, run.training_args)
     if info.is_main:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.quiet:
-            _print_plan(run, source=source, params=(trainable, total_params), warmup=warmup, precision=precision,
+            _print_plan(run, source=source, params=params, warmup=warmup, precision=precision,
                         resume_dir=resume_dir)
-    run.log = MetricsLog(run.output_dir, info.is_main, cfg.report_to, training_args)
+    run.log = MetricsLog(run.output_dir, info.is_main, cfg.report_to, run.training_args)
     run.bar = tqdm(total=total_steps, initial=run.state.step, desc="training", unit="step",
                    disable=not info.is_main or cfg.quiet, dynamic_ncols=True)
     return run
@@ -211,73 +179,36 @@ def setup_model(*, resume_dir: Path | None, pretrained: str | None, config: str,
     source = resume_dir or pretrained
     if source is None:
         tokenizer = load_tokenizer(vocab)
-        return build_model(load_gpt2_config(config, tokenizer)), tokenizer, f"{config} (random init)", CHITCHAT
+        model = build_model(load_gpt2_config(config, tokenizer))
+        return model, tokenizer, f"{config} (random init)", CHITCHAT
     model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings)
     return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
 
 
-def apply_freeze(model: PreTrainedModel, spec: str | None) -> tuple[int, int]:
-    """Freeze 'embeddings' or 'layers:N' (the embeddings and the first N blocks); (trainable, total)."""
-    if spec:
-        body = model.transformer
-        frozen = [model.get_input_embeddings(), body.wpe if hasattr(body, "wpe") else body.positions_embed]
-        if spec.startswith("layers:"):
-            n = int(spec.split(":")[1])
-            if n > len(model.transformer.h):
-                raise ValueError(f"--freeze {spec}: the model has only {len(model.transformer.h)} layers")
-            frozen += list(model.transformer.h[:n])
-        for module in frozen:
-            module.requires_grad_(False)
-    # lm_head shares its weight with the input embedding: freezing it freezes the output layer too.
-    params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+def setup_data(cfg: TrainConfig, info: DistInfo, tokenizer, *, max_len: int, layout: str):
+    """(train, valid or None): corpora encoded once into the cache, or chatbot-preprocess folders.
 
-
-def make_optimizer(model, *, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and LayerNorm weights, with fused kernels.
-
-    Fused on the CPU too: the default per-tensor loop makes about a dozen passes over every
-    parameter and its state, 25x slower than the fused kernel on configs/base.json here.
+    Raises:
+        ValueError: if there are fewer training examples than processes, or --eval-generate has
+            no validation data.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type in ("cuda", "cpu"))
-
-
-def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
-    """Linear warmup to 1, then cosine or linear decay to 0 at `total` (or constant)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool, str]:
-    """(autocast dtype or None, use a GradScaler, name).
-
-    auto: on a GPU bf16 where supported, else fp16; on a CPU bf16 autocast where the CPU runs
-    bf16 natively (AVX512-BF16, AMX), else fp32. On the bundled sample the bf16 loss curve stays
-    within 0.01% of fp32's and the tiny config's step takes half the time (bench/RESULTS.md,
-    bench/bench_precision_loss.py); emulated bf16 would be slower than fp32.
-    """
-    if precision == "auto" and device.type == "cuda":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    elif precision == "auto":
-        precision = "bf16" if device.type == "cpu" and cpu_supports("bf16") else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return dtype, precision == "fp16", precision
-
-
-def load_data(train: str, valid: str | None, tokenizer, *, max_len: int, format: str, split: str | None,
-              skip_bad: bool, progress: bool):
-    """(train, valid or None): corpora encoded once into the cache, or chatbot-preprocess folders."""
-    common = dict(max_len=max_len, format=format, split=split, skip_bad=skip_bad, progress=progress)
-    return load_dataset(train, tokenizer, **common), load_dataset(valid, tokenizer, **common) if valid else None
+    # Examples are stored as [CLS] u1 [SEP] …; the model's layout may add tokens to them.
+    common = dict(max_len=max_len - EXTRA_TOKENS[layout], format=cfg.format, split=cfg.split,
+                  skip_bad=cfg.skip_bad, progress=info.is_main and not cfg.quiet)
+    valid = cfg.valid_path()
+    with main_process_first(info):  # rank 0 encodes raw corpora into the cache, the others then read it
+        train_set = load_dataset(cfg.train, tokenizer, **common)
+        valid_set = load_dataset(valid, tokenizer, **common) if valid else None
+    if info.is_main:
+        print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
+    if cfg.valid_ratio:
+        train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
+    if len(train_set) < info.world_size:
+        raise ValueError(f"{cfg.train} gave {len(train_set)} training examples, fewer than the "
+                         f"{info.world_size} processes; use more data")
+    if cfg.eval_generate and valid_set is None:
+        raise ValueError("--eval-generate needs validation data: give --valid FILE or --valid-ratio F")
+    return train_set, valid_set
 
 
 def _place_model(model, cfg: TrainConfig, info: DistInfo, device: torch.device):
@@ -304,17 +235,6 @@ def _make_loader(dataset, collate, *, batch_size: int, seed: int, info: DistInfo
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
     return sampler, loader
-
-
-def _restore(run: Run, resume_dir: Path) -> None:
-    saved = load_state(resume_dir)
-    run.optimizer.load_state_dict(saved["optimizer"])
-    run.scheduler.load_state_dict(saved["scheduler"])
-    run.scaler.load_state_dict(saved["scaler"])
-    restore_rng_states(saved["rng"][min(run.info.rank, len(saved["rng"]) - 1)])
-    run.state = TrainState(**saved["progress"])
-    if run.info.is_main:
-        _warn_changed_args(resume_dir, run.training_args)
 
 
 def _print_plan(run: Run, *, source: str, params: tuple[int, int], warmup: int, precision: str,
@@ -392,9 +312,7 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> None:
         loss = run.model(**batch)
     # Accumulated micro-batches each weigh 1/grad_accum of the step.
     run.scaler.scale(loss / run.cfg.grad_accum).backward()
-    run.window.loss += loss.detach() * n_labels
-    run.window.labels += n_labels
-    run.window.tokens += batch["attention_mask"].sum()
+    run.window.add(loss, n_labels, batch["attention_mask"].sum())
 
 
 def stop_reason(run: Run, signals: StopRequest) -> str | None:
@@ -422,10 +340,10 @@ def end_epoch(run: Run) -> None:
 
 def log_window(run: Run) -> None:
     """One metrics row for the steps since the last one, summed over all ranks."""
-    w, st = run.window, run.state
-    loss_sum, labels, tokens = all_reduce_sum([w.loss.item(), w.labels.item(), w.tokens.item()], run.device)
-    row = {"step": st.step, "epoch": st.epoch, "loss": loss_sum / max(labels, 1), "lr": run.scheduler.get_last_lr()[0],
-           "tokens": int(tokens), "tokens_per_s": tokens / (time.perf_counter() - w.started)}
+    st = run.state
+    loss, tokens, tokens_per_s = run.window.totals()
+    row = {"step": st.step, "epoch": st.epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+           "tokens": tokens, "tokens_per_s": tokens_per_s}
     log_steps = run.cfg.log_steps
     check_finite_loss(row["loss"], st.step, (st.step - 1) // log_steps * log_steps + 1, run.output_dir)
     run.log.write(row)
@@ -442,7 +360,8 @@ def validate(run: Run) -> None:
                             world_size=info.world_size)
     check_finite_loss(metrics["loss"], st.step, st.step, run.output_dir)
     run.evaluated_ppl = metrics["ppl"]
-    run.log.write({"step": st.step, "epoch": st.epoch, "valid_loss": metrics["loss"], "valid_ppl": metrics["ppl"]})
+    run.log.write({"step": st.step, "epoch": st.epoch, "valid_loss": metrics["loss"],
+                   "valid_ppl": metrics["ppl"]})
     if st.best_loss is None or metrics["loss"] < st.best_loss:
         st.best_loss, st.bad_evals = metrics["loss"], 0
         if info.is_main:
@@ -461,8 +380,7 @@ def save(run: Run) -> Path | None:
     run.saved_step = run.state.step
     # On every rank, so that all stop together.
     check_finite_weights(run.raw_model, f"checkpoint-{run.state.step}", run.output_dir)
-    ckpt_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                  "scaler": run.scaler.state_dict(), "progress": asdict(run.state), "rng": _gather_rng(run.info)}
+    ckpt_state = trainer_state(run.optimizer, run.scheduler, run.scaler, run.state, run.info)
     if not run.info.is_main:
         return None
     return save_checkpoint(run.output_dir, run.state.step, run.raw_model, run.tokenizer, run.training_args,
@@ -493,7 +411,8 @@ def finish(run: Run) -> TrainResult:
     save(run)
     best_ppl = math.exp(st.best_loss) if st.best_loss is not None else None
     if info.is_main:
-        publish_model(run.output_dir / "final", run.raw_model, run.tokenizer, run.training_args, _results(run))
+        publish_model(run.output_dir / "final", run.raw_model, run.tokenizer, run.training_args,
+                      _results(run))
         if cfg.eval_generate:
             replies = _evaluate_replies(run)
             write_model_card(run.output_dir / "final", run.raw_model, run.training_args,
@@ -512,7 +431,10 @@ def finish(run: Run) -> TrainResult:
 
 
 def _evaluate_replies(run: Run) -> dict:
-    """--eval-generate: reply metrics of the final model on N validation dialogues, logged, shown and returned."""
+    """--eval-generate: reply metrics of the final model on N validation dialogues.
+
+    Logged, shown (unless quiet) and returned.
+    """
     from chatbot.bot import ChatBot
     from chatbot.evaluate import EvalReport, evaluate_generation, sample_indices
     from chatbot.options import SamplingOptions
@@ -529,28 +451,3 @@ def _evaluate_replies(run: Run) -> dict:
                             loss_on=run.cfg.loss_on, perplexity=None, generation={"sampled": generated})
         print_eval_report(report, examples=3)
     return generated.metrics
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _gather_rng(info: DistInfo) -> list[dict]:
-    """Every rank's RNG states, in rank order, so each rank resumes its own dropout stream."""
-    mine = rng_states()
-    if not info.enabled:
-        return [mine]
-    states = [None] * info.world_size
-    torch.distributed.all_gather_object(states, mine)
-    return states
-
-
-def _warn_changed_args(resume_dir: Path, current: dict) -> None:
-    saved = read_training_args(resume_dir)
-    keys = ("train", "batch_size", "grad_accum", "seed", "max_len", "loss_on", "reverse", "speaker_ids", "lr")
-    changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
-    if changed:
-        print(f"warning: resuming {resume_dir} with changed settings ({'; '.join(changed)}); "
-              "the run will not match an uninterrupted one")

@@ -1,11 +1,18 @@
-"""What a training run reports while it runs: metrics files, and stop requests from signals."""
+"""What a training run reports while it runs: metrics since the last row, metrics files, and stop
+requests from signals."""
 
 from __future__ import annotations
 
 import json
 import signal
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
+
+from chatbot.distributed import all_reduce_sum
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -34,10 +41,41 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+@dataclass
+class Window:
+    """Sums since the last metrics row.
+
+    They stay on the device: reading them every micro-step would stall a GPU.
+    """
+
+    loss: torch.Tensor  # sum of token losses
+    labels: torch.Tensor  # scored tokens
+    tokens: torch.Tensor  # real (non-padding) tokens
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def on(cls, device: torch.device) -> Window:
+        zeros = (torch.zeros((), dtype=d, device=device) for d in (torch.float32, torch.long, torch.long))
+        return cls(*zeros)
+
+    def add(self, loss: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Count a micro-batch: its mean token loss, its scored tokens and its real tokens."""
+        self.loss += loss.detach() * labels
+        self.labels += labels
+        self.tokens += tokens
+
+    def totals(self) -> tuple[float, int, float]:
+        """(mean token loss, real tokens, tokens per second) over every rank; all ranks call it."""
+        loss_sum, labels, tokens = all_reduce_sum([self.loss.item(), self.labels.item(), self.tokens.item()],
+                                                  self.loss.device)
+        return loss_sum / max(labels, 1), int(tokens), tokens / (time.perf_counter() - self.started)
+
+
 class MetricsLog:
     """metrics.jsonl on rank 0, plus TensorBoard events or a Weights & Biases run when asked for."""
 
-    def __init__(self, output_dir: Path, enabled: bool, report_to: str = "none", run_config: dict | None = None):
+    def __init__(self, output_dir: Path, enabled: bool, report_to: str = "none",
+                 run_config: dict | None = None):
         """Open the log.
 
         Args:
