@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +133,19 @@ def evaluate_generation(bot, dataset, indices: list[int], *, sampling: dict, see
         raise ValueError("no example has two turns to evaluate a reply on (is this --format text?)")
     metrics = reply_metrics([s["generated"] for s in samples], [s["reference"] for s in samples])
     return Generation(dict(sampling), metrics, samples)
+
+
+def evaluate_trained_replies(model, tokenizer, training_args: dict, dataset, *, n: int,
+                             seed: int) -> Generation:
+    """Reply metrics of a model just trained (`chatbot-train --eval-generate N`) on `n` of `dataset`'s
+    dialogues, sampled as `chatbot-chat` samples by default."""
+    from chatbot.bot import ChatBot
+    from chatbot.options import SamplingOptions
+
+    model.eval()
+    bot = ChatBot(model, tokenizer, training_args=training_args)
+    indices = sample_indices(len(dataset), n, seed)
+    return evaluate_generation(bot, dataset, indices, sampling=asdict(SamplingOptions()), seed=seed)
 
 
 def evaluate_model(model_dir: str, data: str, *, format: str = "auto", split: str | None = None,

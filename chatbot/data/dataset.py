@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import BertTokenizerFast
 
 from chatbot.data.encoded import is_fresh, open_arrays, read_meta
@@ -242,3 +242,16 @@ def padding_fraction(lengths: np.ndarray, batches: list[list[int]]) -> float:
         real += int(lens.sum())
         padded += int(lens.max()) * len(lens)
     return 1 - real / padded if padded else 0.0
+
+
+def make_loader(dataset, collate, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                num_workers: int = 0,
+                pin_memory: bool = False) -> tuple[LengthGroupedBatchSampler, DataLoader]:
+    """(sampler, loader) of length-grouped batches, this process' share of them under DDP."""
+    sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, seed=seed, num_replicas=world_size,
+                                        rank=rank)
+    # A private generator: DataLoader otherwise draws its seed from the global RNG each epoch,
+    # which would shift dropout masks after a resume.
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+    return sampler, loader

@@ -96,6 +96,19 @@ def build_model(config: GPT2Config) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config)
 
 
+def model_to_train(*, resume_dir: Path | None, pretrained: str | None, config: str, vocab: str,
+                   resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, str, str]:
+    """(model, tokenizer, where it came from, its dialogue layout) for training: a checkpoint to resume,
+    a pretrained folder or Hub id (see `load_model`), or a config with random weights."""
+    source = resume_dir or pretrained
+    if source is None:
+        tokenizer = load_tokenizer(vocab)
+        model = build_model(load_gpt2_config(config, tokenizer))
+        return model, tokenizer, f"{config} (random init)", CHITCHAT
+    model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings)
+    return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
+
+
 def check_model_dir(path: str | Path, *, need_tokenizer: bool = True) -> Path:
     """Check that `path` is a model folder and say exactly what is missing if not.
 

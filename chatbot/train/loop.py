@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,8 +22,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from chatbot.config import TrainConfig
-from chatbot.data.dataset import (LengthGroupedBatchSampler, load_dataset, make_collate, padding_fraction,
-                                  split_holdout)
+from chatbot.data.dataset import (LengthGroupedBatchSampler, load_dataset, make_collate, make_loader,
+                                  padding_fraction, split_holdout)
 from chatbot.distributed import (
     DistInfo,
     broadcast_flag,
@@ -31,14 +31,13 @@ from chatbot.distributed import (
     main_process_first,
     setup_distributed,
 )
-from chatbot.evaluate import evaluate_loss
-from chatbot.layout import CHITCHAT, EXTRA_TOKENS, IGNORE_INDEX
+from chatbot.evaluate import EvalReport, evaluate_loss, evaluate_trained_replies
+from chatbot.layout import EXTRA_TOKENS, IGNORE_INDEX
 from chatbot.model.hf_files import write_model_card
 from chatbot.model.loss import NextTokenLoss
-from chatbot.model.modeling import build_model, dialogue_layout, load_gpt2_config, load_model
+from chatbot.model.modeling import model_to_train
 from chatbot.model.precision import resolve_precision
-from chatbot.reports import print_table, print_unk_rate
-from chatbot.tokenization import load_tokenizer
+from chatbot.reports import print_eval_report, print_table, print_unk_rate
 from chatbot.train.allocator import keep_freed_memory
 from chatbot.train.checkpoint import (
     TrainState,
@@ -132,17 +131,18 @@ def setup(cfg: TrainConfig) -> Run:
     _, resume_dir = open_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, info=info)
     seed_everything(cfg.seed + info.rank)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model, tokenizer, source, layout = setup_model(resume_dir=resume_dir, pretrained=cfg.pretrained,
-                                                   config=cfg.config, vocab=cfg.vocab,
-                                                   resize_embeddings=cfg.resize_embeddings)
+    model, tokenizer, source, layout = model_to_train(resume_dir=resume_dir, pretrained=cfg.pretrained,
+                                                      config=cfg.config, vocab=cfg.vocab,
+                                                      resize_embeddings=cfg.resize_embeddings)
     max_len = cfg.resolved_max_len(model.config.n_positions)
     params = apply_freeze(model, cfg.freeze)
     train_set, valid_set = setup_data(cfg, info, tokenizer, max_len=max_len, layout=layout)
     raw_model, model, autocast_dtype, use_scaler, precision = _place_model(model, cfg, info, device)
     collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse,
                            layout=layout)
-    sampler, loader = _make_loader(train_set, collate, batch_size=cfg.batch_size, seed=cfg.seed, info=info,
-                                   num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    sampler, loader = make_loader(train_set, collate, batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank,
+                                  world_size=info.world_size, num_workers=cfg.num_workers,
+                                  pin_memory=device.type == "cuda")
     if len(sampler) == 0:
         raise ValueError(f"{cfg.train}: {len(train_set)} examples make no batch of {cfg.batch_size} "
                          f"on each of {info.world_size} processes")
@@ -170,19 +170,6 @@ def setup(cfg: TrainConfig) -> Run:
     run.bar = tqdm(total=total_steps, initial=run.state.step, desc="training", unit="step",
                    disable=not info.is_main or cfg.quiet, dynamic_ncols=True)
     return run
-
-
-def setup_model(*, resume_dir: Path | None, pretrained: str | None, config: str, vocab: str,
-                resize_embeddings: bool = False):
-    """(model, tokenizer, where it came from, its dialogue layout): a checkpoint, a pretrained
-    folder or Hub id (see `load_model`), or a config with random weights."""
-    source = resume_dir or pretrained
-    if source is None:
-        tokenizer = load_tokenizer(vocab)
-        model = build_model(load_gpt2_config(config, tokenizer))
-        return model, tokenizer, f"{config} (random init)", CHITCHAT
-    model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings)
-    return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
 
 
 def setup_data(cfg: TrainConfig, info: DistInfo, tokenizer, *, max_len: int, layout: str):
@@ -224,17 +211,6 @@ def _place_model(model, cfg: TrainConfig, info: DistInfo, device: torch.device):
     if info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return raw_model, model, autocast_dtype, use_scaler, precision
-
-
-def _make_loader(dataset, collate, *, batch_size: int, seed: int, info: DistInfo, num_workers: int,
-                 pin_memory: bool) -> tuple[LengthGroupedBatchSampler, DataLoader]:
-    sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, seed=seed, num_replicas=info.world_size,
-                                        rank=info.rank)
-    # A private generator: DataLoader otherwise draws its seed from the global RNG each epoch,
-    # which would shift dropout masks after a resume.
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
-    return sampler, loader
 
 
 def _print_plan(run: Run, *, source: str, params: tuple[int, int], warmup: int, precision: str,
@@ -431,23 +407,13 @@ def finish(run: Run) -> TrainResult:
 
 
 def _evaluate_replies(run: Run) -> dict:
-    """--eval-generate: reply metrics of the final model on N validation dialogues.
-
-    Logged, shown (unless quiet) and returned.
-    """
-    from chatbot.bot import ChatBot
-    from chatbot.evaluate import EvalReport, evaluate_generation, sample_indices
-    from chatbot.options import SamplingOptions
-    from chatbot.reports import print_eval_report
-
-    run.raw_model.eval()
-    bot = ChatBot(run.raw_model, run.tokenizer, training_args=run.training_args)
-    indices = sample_indices(len(run.valid_set), run.cfg.eval_generate, run.cfg.seed)
-    sampling = asdict(SamplingOptions())  # what chatbot-chat uses by default
-    generated = evaluate_generation(bot, run.valid_set, indices, sampling=sampling, seed=run.cfg.seed)
+    """--eval-generate: reply metrics of the final model, logged, shown (unless quiet) and returned."""
+    generated = evaluate_trained_replies(run.raw_model, run.tokenizer, run.training_args, run.valid_set,
+                                         n=run.cfg.eval_generate, seed=run.cfg.seed)
     run.log.write({"step": run.state.step, "eval_generate": generated.metrics})
     if not run.cfg.quiet:
-        report = EvalReport(model=str(run.output_dir / "final"), data="validation set", examples=len(indices),
-                            loss_on=run.cfg.loss_on, perplexity=None, generation={"sampled": generated})
+        report = EvalReport(model=str(run.output_dir / "final"), data="validation set",
+                            examples=len(generated.samples), loss_on=run.cfg.loss_on, perplexity=None,
+                            generation={"sampled": generated})
         print_eval_report(report, examples=3)
     return generated.metrics
