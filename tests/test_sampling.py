@@ -2,10 +2,13 @@ import math
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
+from transformers import DynamicCache
 
 from chatbot.options import SamplingOptions, check_options
-from chatbot.generate.sampling import (apply_repetition_penalty, filter_logits, generate_tokens, repeated_ngram_ids,
-                              sample_next_token)
+from chatbot.generate.sampling import (CACHE_KEYWORD, apply_repetition_penalty, filter_logits, generate_tokens,
+                                       repeated_ngram_ids, sample_next_token)
 from chatbot.tokenization import hidden_token_ids
 
 EOS, FALLBACK = 3, 9
@@ -161,3 +164,15 @@ def test_penalties_change_the_output_as_documented(tiny_model):
 def test_context_longer_than_the_model_is_refused(tiny_model):
     with pytest.raises(ValueError, match=r"context \(7 tokens\) \+ max_new_tokens \(60\) exceeds .* \(64\)"):
         run(tiny_model, max_new_tokens=60)
+
+
+def test_the_cache_goes_in_under_the_name_this_transformers_reads():
+    renamed = Version(transformers.__version__) >= Version("5.24")
+    assert CACHE_KEYWORD == ("cache" if renamed else "past_key_values")
+
+
+@pytest.mark.skipif(CACHE_KEYWORD == "past_key_values", reason="this transformers has no newer name for the cache")
+def test_a_deprecated_argument_fails_the_tests(tiny_model):
+    # pyproject's filterwarnings turns the FutureWarning transformers issues on our behalf into an error.
+    with pytest.raises(FutureWarning, match="`past_key_values` is deprecated"):
+        tiny_model(input_ids=torch.tensor([[2]]), past_key_values=DynamicCache())
