@@ -7,8 +7,8 @@ from packaging.version import Version
 from transformers import DynamicCache
 
 from chatbot.options import SamplingOptions, check_options
-from chatbot.generate.sampling import (CACHE_KEYWORD, apply_repetition_penalty, filter_logits, generate_tokens,
-                                       repeated_ngram_ids, sample_next_token)
+from chatbot.generate.sampling import (CACHE_KEYWORD, apply_repetition_penalty, filter_logits,
+                                       generate_tokens, repeated_ngram_ids, sample_next_token)
 from chatbot.tokenization import hidden_token_ids
 
 EOS, FALLBACK = 3, 9
@@ -54,7 +54,8 @@ def test_top_k_keeps_exactly_k():
     assert filter_logits(logits, top_k=2).tolist() == [[-math.inf, 4.0, 3.0, -math.inf]]
 
 
-@pytest.mark.parametrize("top_p, kept", [(0.0, [1]), (0.4, [1]), (0.6, [1, 2]), (0.95, [0, 1, 2]), (1.0, [0, 1, 2])])
+@pytest.mark.parametrize("top_p, kept", [(0.0, [1]), (0.4, [1]), (0.6, [1, 2]), (0.95, [0, 1, 2]),
+                                         (1.0, [0, 1, 2])])
 def test_top_p_keeps_the_nucleus_and_never_less_than_one_token(top_p, kept):
     logits = torch.tensor([[0.2, 0.5, 0.3]]).log()
     out = filter_logits(logits, top_p=top_p)
@@ -171,7 +172,7 @@ def test_the_cache_goes_in_under_the_name_this_transformers_reads():
     assert CACHE_KEYWORD == ("cache" if renamed else "past_key_values")
 
 
-@pytest.mark.skipif(CACHE_KEYWORD == "past_key_values", reason="this transformers has no newer name for the cache")
+@pytest.mark.skipif(CACHE_KEYWORD == "past_key_values", reason="no other name for the cache before 5.24")
 def test_a_deprecated_argument_fails_the_tests(tiny_model):
     # pyproject's filterwarnings turns the FutureWarning transformers issues on our behalf into an error.
     with pytest.raises(FutureWarning, match="`past_key_values` is deprecated"):
