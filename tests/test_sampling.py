@@ -2,10 +2,13 @@ import math
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
+from transformers import DynamicCache
 
 from chatbot.options import SamplingOptions, check_options
-from chatbot.generate.sampling import (apply_repetition_penalty, filter_logits, generate_tokens, repeated_ngram_ids,
-                              sample_next_token)
+from chatbot.generate.sampling import (CACHE_KEYWORD, apply_repetition_penalty, filter_logits,
+                                       generate_tokens, repeated_ngram_ids, sample_next_token)
 from chatbot.tokenization import hidden_token_ids
 
 EOS, FALLBACK = 3, 9
@@ -51,7 +54,8 @@ def test_top_k_keeps_exactly_k():
     assert filter_logits(logits, top_k=2).tolist() == [[-math.inf, 4.0, 3.0, -math.inf]]
 
 
-@pytest.mark.parametrize("top_p, kept", [(0.0, [1]), (0.4, [1]), (0.6, [1, 2]), (0.95, [0, 1, 2]), (1.0, [0, 1, 2])])
+@pytest.mark.parametrize("top_p, kept", [(0.0, [1]), (0.4, [1]), (0.6, [1, 2]), (0.95, [0, 1, 2]),
+                                         (1.0, [0, 1, 2])])
 def test_top_p_keeps_the_nucleus_and_never_less_than_one_token(top_p, kept):
     logits = torch.tensor([[0.2, 0.5, 0.3]]).log()
     out = filter_logits(logits, top_p=top_p)
@@ -161,3 +165,15 @@ def test_penalties_change_the_output_as_documented(tiny_model):
 def test_context_longer_than_the_model_is_refused(tiny_model):
     with pytest.raises(ValueError, match=r"context \(7 tokens\) \+ max_new_tokens \(60\) exceeds .* \(64\)"):
         run(tiny_model, max_new_tokens=60)
+
+
+def test_the_cache_goes_in_under_the_name_this_transformers_reads():
+    renamed = Version(transformers.__version__) >= Version("5.24")
+    assert CACHE_KEYWORD == ("cache" if renamed else "past_key_values")
+
+
+@pytest.mark.skipif(CACHE_KEYWORD == "past_key_values", reason="no other name for the cache before 5.24")
+def test_a_deprecated_argument_fails_the_tests(tiny_model):
+    # pyproject's filterwarnings turns the FutureWarning transformers issues on our behalf into an error.
+    with pytest.raises(FutureWarning, match="`past_key_values` is deprecated"):
+        tiny_model(input_ids=torch.tensor([[2]]), past_key_values=DynamicCache())

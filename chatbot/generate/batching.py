@@ -129,16 +129,17 @@ class BatchDecoder:
             context = torch.as_tensor(r.input_ids, dtype=torch.long, device=mask.device)[None]  # (1, T)
             for key, seed in zip(r.keys, r.seeds):
                 generator = None if seed is None else torch.Generator(mask.device).manual_seed(seed)
-                self._rows.append(_Row(key, context, r.options, generator, logits[i:i + 1],
-                                       torch.empty(1, 0, dtype=torch.long, device=mask.device), context.size(1),
-                                       r.reply_type_id))
+                generated = torch.empty(1, 0, dtype=torch.long, device=mask.device)
+                self._rows.append(_Row(key, context, r.options, generator, logits[i:i + 1], generated,
+                                       context.size(1), r.reply_type_id))
 
     def _check(self, r: NewRows) -> None:
         if len(r.seeds) != len(r.keys) or not r.keys:
             raise ValueError(f"need one seed per key, got {len(r.keys)} keys and {len(r.seeds)} seeds")
         if clash := set(r.keys) & set(self.keys):
             raise ValueError(f"rows {sorted(map(str, clash))} are already decoding")
-        check_prompt(self.model, len(r.input_ids), r.options.max_new_tokens, r.token_type_ids, r.reply_type_id)
+        check_prompt(self.model, len(r.input_ids), r.options.max_new_tokens, r.token_type_ids,
+                     r.reply_type_id)
 
     def _prefill(self, requests: Sequence[NewRows], room: int) -> tuple[torch.Tensor, Cache, torch.Tensor]:
         """Run the left-padded prompts through the model: (next-token logits (R, V), their cache with
@@ -189,10 +190,10 @@ class BatchDecoder:
 
     def _sample(self, row: _Row) -> torch.Tensor:
         o = row.options
-        scores = adjust_logits(row.logits, row.generated, row.context, row.generated.size(1), eos_id=self.eos_id,
-                               banned_ids=self._banned, repetition_penalty=o.repetition_penalty,
-                               penalize_context=o.penalize_context, no_repeat_ngram_size=o.no_repeat_ngram_size,
-                               min_new_tokens=o.min_new_tokens)
+        scores = adjust_logits(row.logits, row.generated, row.context, row.generated.size(1),
+                               eos_id=self.eos_id, banned_ids=self._banned,
+                               repetition_penalty=o.repetition_penalty, penalize_context=o.penalize_context,
+                               no_repeat_ngram_size=o.no_repeat_ngram_size, min_new_tokens=o.min_new_tokens)
         return sample_next_token(scores, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                                  generator=row.generator)
 
@@ -211,7 +212,7 @@ class BatchDecoder:
             row.position += 1
 
     def _join(self, cache: Cache, mask: torch.Tensor, room: int) -> None:
-        """Append a prefilled cache's rows (which may yet take `room` tokens), left-padding the shorter side."""
+        """Add a prefilled cache's rows (which may yet take `room` tokens), left-padding the shorter side."""
         if self._cache is None:
             self._cache, self._mask = cache, mask
             return
@@ -223,7 +224,7 @@ class BatchDecoder:
 
     def _room(self) -> int:
         """Tokens the cache must still take: the most any row may yet generate."""
-        return max(row.options.max_new_tokens - row.generated.size(1) for row in self._rows) if self._rows else 0
+        return max((row.options.max_new_tokens - row.generated.size(1) for row in self._rows), default=0)
 
     def _keep(self, indices: list[int]) -> None:
         """Keep only these rows, and drop the cache columns that are padding in every row left."""

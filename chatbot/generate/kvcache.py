@@ -51,10 +51,10 @@ class PreallocatedLayer(DynamicLayer):
         """Put `other`'s rows under these, the shorter side left-padded with zeros, in a buffer with
         room for `room` more tokens: one copy of each side."""
         length = max(self._length, other._length)
-        keys = self._keys.new_zeros(self._keys.size(0) + other._keys.size(0), self._keys.size(1), length + room,
-                                    self._keys.size(3))
+        batch, heads, _, dim = self._keys.shape
+        keys = self._keys.new_zeros(batch + other._keys.size(0), heads, length + room, dim)
         values = torch.zeros_like(keys)
-        for rows, layer in ((slice(0, self._keys.size(0)), self), (slice(self._keys.size(0), None), other)):
+        for rows, layer in ((slice(0, batch), self), (slice(batch, None), other)):
             keys[rows, :, length - layer._length:length] = layer.keys
             values[rows, :, length - layer._length:length] = layer.values
         self._keys, self._values, self.capacity, self._length = keys, values, length + room, length

@@ -35,7 +35,8 @@ def backward_input(reply: list[int], turns: list[list[int]], *, cls_id: int, sep
 
 @torch.inference_mode()
 def score_replies(model: PreTrainedModel, replies: list[list[int]], turns: list[list[int]], *, cls_id: int,
-                  sep_id: int, pad_id: int, max_len: int, speaker_ids: tuple[int, int] | None = None) -> list[float]:
+                  sep_id: int, pad_id: int, max_len: int,
+                  speaker_ids: tuple[int, int] | None = None) -> list[float]:
     """The backward model's mean loss of the context given each reply, in one batch.
 
     Args:
@@ -57,7 +58,8 @@ def score_replies(model: PreTrainedModel, replies: list[list[int]], turns: list[
         input_ids[row, :len(ids)] = torch.tensor(ids)
         labels[row, skip:len(ids)] = torch.tensor(ids[skip:])
         if types is not None:
-            types[row, :len(ids)] = torch.tensor(speaker_type_ids(ids, sep_id=sep_id, speaker_ids=speaker_ids)[0])
+            segments, _ = speaker_type_ids(ids, sep_id=sep_id, speaker_ids=speaker_ids)
+            types[row, :len(ids)] = torch.tensor(segments)
     lengths = torch.tensor([len(ids) for ids, _ in rows])
     mask = (torch.arange(width)[None] < lengths[:, None]).long()  # (B, T): 0 on padding
     device = model.device

@@ -7,11 +7,12 @@ and the allowed range.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
-from transformers import PreTrainedModel
+from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers.cache_utils import Cache
 
 from chatbot.generate.kvcache import preallocated_cache
@@ -116,6 +117,13 @@ def adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repet
     return logits
 
 
+# transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns, and stops working
+# in 5.40); 5.3 - 5.23 know only `past_key_values`. GPT-2 is the one model handed a cache (OpenAI GPT runs
+# through openai_gpt_logits), so its forward names the keyword, read once.
+CACHE_KEYWORD = ("cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters
+                 else "past_key_values")
+
+
 def next_logits(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache, *,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,18 +135,19 @@ def next_logits(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache, *
         attention_mask: (B, cached + T) bool, False where a row is padded; None: no padding.
     """
     if model.config.model_type == "openai-gpt":
-        return openai_gpt_logits(model, input_ids, cache, token_type_ids=token_type_ids, position_ids=position_ids,
-                                 attention_mask=attention_mask)
+        return openai_gpt_logits(model, input_ids, cache, token_type_ids=token_type_ids,
+                                 position_ids=position_ids, attention_mask=attention_mask)
     if attention_mask is not None and input_ids.size(1) == 1:
         # One new token may see every unpadded one; transformers uses a 4-D mask as given
         # instead of building one each step.
         attention_mask = attention_mask[:, None, None, :]
     return model(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
-                 attention_mask=attention_mask, past_key_values=cache, use_cache=True,
-                 logits_to_keep=1).logits[:, -1]
+                 attention_mask=attention_mask, use_cache=True, logits_to_keep=1,
+                 **{CACHE_KEYWORD: cache}).logits[:, -1]
 
 
-def check_prompt(model: PreTrainedModel, length: int, max_new_tokens: int, token_type_ids, reply_type_id) -> None:
+def check_prompt(model: PreTrainedModel, length: int, max_new_tokens: int, token_type_ids,
+                 reply_type_id) -> None:
     """Refuse a prompt of `length` tokens that cannot be continued by `max_new_tokens` within the
     model's positions, or segment ids for the prompt without the reply's (or the other way round)."""
     n_positions = model.config.n_positions
@@ -151,10 +160,11 @@ def check_prompt(model: PreTrainedModel, length: int, max_new_tokens: int, token
 
 @torch.inference_mode()
 def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Tensor, *, max_new_tokens: int,
-                    eos_id: int, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    repetition_penalty: float = 1.0, penalize_context: bool = False,
+                    eos_id: int, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, repetition_penalty: float = 1.0, penalize_context: bool = False,
                     no_repeat_ngram_size: int = 0, num_candidates: int = 1, banned_ids: Collection[int] = (),
-                    token_type_ids: Sequence[int] | torch.Tensor | None = None, reply_type_id: int | None = None,
+                    token_type_ids: Sequence[int] | torch.Tensor | None = None,
+                    reply_type_id: int | None = None,
                     generator: torch.Generator | None = None) -> Iterator[list[int]]:
     """Sample `num_candidates` continuations of one context in one batch, with a KV cache.
 
@@ -208,8 +218,9 @@ def generate_tokens(model: PreTrainedModel, input_ids: Sequence[int] | torch.Ten
         logits = logits_after(generated)
 
 
-def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor | None, reply_type_id: int | None,
-             n: int, max_new_tokens: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
+def _stepper(model: PreTrainedModel, context: torch.Tensor, types: torch.Tensor | None,
+             reply_type_id: int | None, n: int,
+             max_new_tokens: int) -> Callable[[torch.Tensor | None], torch.Tensor]:
     """A function from the tokens generated so far, (N, step) or None before the first, to the
     (N, V) logits of the next token of each of the N candidates, feeding the model only new tokens."""
     # Room for the context and every new token: steps write in place (see chatbot.generate.kvcache).
