@@ -140,8 +140,8 @@ def setup(cfg: TrainConfig) -> Run:
     raw_model, model, autocast_dtype, use_scaler, precision = _place_model(model, cfg, info, device)
     collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse,
                            layout=layout)
-    sampler, loader = make_loader(train_set, collate, batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank,
-                                  world_size=info.world_size, num_workers=cfg.num_workers,
+    sampler, loader = make_loader(train_set, collate, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  rank=info.rank, world_size=info.world_size, num_workers=cfg.num_workers,
                                   pin_memory=device.type == "cuda")
     if len(sampler) == 0:
         raise ValueError(f"{cfg.train}: {len(train_set)} examples make no batch of {cfg.batch_size} "
