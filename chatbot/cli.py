@@ -147,9 +147,12 @@ def _quiet_transformers() -> None:
 
 
 def chat_parser() -> argparse.ArgumentParser:
+    from chatbot.repl import command_lines  # the REPL's own table, so the two lists cannot drift apart
+
     return build_parser(
         "chatbot-chat", "Chat with a trained model. With stdin not a terminal, read one message per line and "
-        "print one reply per line (no prompts, no colour).", ChatConfig, SamplingOptions, CommonOptions)
+        "print one reply per line (no prompts, no colour).", ChatConfig, SamplingOptions, CommonOptions,
+        epilog="Commands while chatting:\n" + "\n".join("  " + line for line in command_lines()))
 
 
 def _check_candidates(parser: argparse.ArgumentParser, options: SamplingOptions,

@@ -29,7 +29,8 @@ class TrainConfig:
     # data
     train: str = opt(str(SAMPLE_TRAIN),
                      "training corpus (txt, LCCC json, jsonl, text) or a chatbot-preprocess folder "
-                     "(default: the bundled sample of 438 dialogues)")
+                     "(default: the bundled sample of 438 dialogues)",
+                     aliases=("--train-path", "--train-raw-path"))
     valid: str | None = opt(None, "validation corpus or folder (default: the bundled sample's validation "
                                   "dialogues when training on the bundled sample, else none)")
     valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation "
@@ -42,15 +43,18 @@ class TrainConfig:
     loss_on: str = opt("all", "tokens that carry loss: all, replies (every turn but the first), "
                               "last (final turn)", choices=LOSS_ON)
     speaker_ids: bool = opt(False, f"add {'/'.join(SPEAKER_TOKENS)} token_type_ids alternating by turn")
-    reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)")
+    reverse: bool = opt(False, "train on dialogues with the turn order reversed (a backward model for MMI)",
+                        aliases=("--train-mmi",))
     # model
     config: str = opt("tiny", "model trained from scratch: a bundled config (tiny, small, base) or a "
-                              "GPT2Config JSON path", metavar="NAME|PATH")
+                              "GPT2Config JSON path", metavar="NAME|PATH",
+                     aliases=("--model-config",))
     pretrained: str | None = opt(None, "fine-tune this model folder or Hugging Face Hub id: GPT-2 "
                                        "(uer/gpt2-chinese-*) or CDial-GPT (thu-coai/CDial-GPT_LCCC-*), in "
-                                       "its own layout; its tokenizer is used")
+                                       "its own layout; its tokenizer is used",
+                                aliases=("--pretrained-model",))
     vocab: str = opt(str(VOCAB), "vocab.txt for a model trained from scratch "
-                                 "(default: the bundled vocabulary)")
+                                 "(default: the bundled vocabulary)", aliases=("--vocab-path",))
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' "
                                    "(embeddings and the first N blocks)", metavar="WHAT")
@@ -58,7 +62,8 @@ class TrainConfig:
     epochs: int = opt(40, "passes over the training data")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
     batch_size: int = opt(16, "examples per device per micro-batch")
-    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    grad_accum: int = opt(1, "micro-batches per optimizer step",
+                          aliases=("--gradient-accumulation-steps", "--gradient-accumulation"))
     lr: float = opt(5e-4, "peak learning rate (fine-tuning a pretrained model: try 1e-4 or lower)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
     warmup_steps: int | None = opt(None, "linear warmup steps (overrides --warmup-ratio)")
@@ -67,19 +72,22 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
     seed: int = opt(42, "random seed (each process adds its rank)")
     # hardware
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)", metavar="DEVICE")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N (torchrun picks cuda:LOCAL_RANK)", metavar="DEVICE",
+                      aliases=("--no-cuda=cpu",))
     precision: str = opt("auto", "auto (GPU: bf16, else fp16; CPU: bf16 where it runs bf16 natively, "
                                  "else fp32), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the model (faster steps after a slow first one)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     num_workers: int = opt(0, "DataLoader worker processes")
     # evaluation, checkpoints, logging
-    output_dir: str = opt("model", "where checkpoints, best/, final/ and metrics.jsonl go")
+    output_dir: str = opt("model", "where checkpoints, best/, final/ and metrics.jsonl go",
+                          aliases=("--save-model-path", "--dialogue-model-output-path",
+                                   "--mmi-model-output-path"))
     eval_steps: int = opt(0, "also validate every N optimizer steps (0: once per epoch)")
     patience: int = opt(0, "stop after N validations without improvement (0: never)")
     save_steps: int = opt(0, "also save a checkpoint every N optimizer steps (0: once per epoch)")
     save_total_limit: int = opt(2, "keep only the newest N checkpoint-* folders (0: keep all)")
-    log_steps: int = opt(10, "write metrics every N optimizer steps")
+    log_steps: int = opt(10, "write metrics every N optimizer steps", aliases=("--log-step",))
     resume: str | None = opt(None, "'auto' (newest readable checkpoint in --output-dir) "
                                    "or a checkpoint folder", metavar="auto|PATH")
     overwrite: bool = opt(False, "start afresh in an --output-dir holding a previous run, deleting that "
@@ -171,12 +179,12 @@ class PreprocessConfig:
     corpus: list[str] = opt(help="corpus files (txt, LCCC json, jsonl or plain text)", positional=True,
                             metavar="CORPUS")
     output: str = opt(help="folder to write tokens.bin, offsets.npy, meta.json into", short="-o",
-                      metavar="DIR")
+                      metavar="DIR", aliases=("--save-path",))
     format: str = opt("auto", "corpus format; auto picks by extension and first line (text is never guessed)",
                       choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read: train, valid or test (default: train)", metavar="NAME")
     vocab: str = opt(str(VOCAB), "BERT vocab.txt to tokenize with (default: the bundled vocabulary)",
-                     metavar="FILE")
+                     metavar="FILE", aliases=("--vocab-path",))
     tokenizer: str | None = opt(None, "a folder with tokenizer files instead of --vocab, or the model "
                                       "folder or Hub id you will fine-tune", metavar="DIR|ID")
     vocab_out: str | None = opt(None, "first build a vocabulary from the corpora (specials + every "
@@ -204,18 +212,23 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class ChatConfig:
     model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id such as "
-                                    "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID")
-    device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
+                                    "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID",
+                     aliases=("--model-path", "--dialogue-model-path"))
+    device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE",
+                      aliases=("--no-cuda=cpu",))
     dtype: str = opt("auto", "weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what "
                              "it runs natively; int8 is CPU-only", choices=DTYPES)
-    max_history: int = opt(MAX_HISTORY, "turns the model sees, your new message included", parse=positive_int)
+    max_history: int = opt(MAX_HISTORY, "turns the model sees, your new message included", parse=positive_int,
+                           aliases=("--max-history-len",))
     seed: int | None = opt(None, "make replies reproducible (reply i uses seed + i)")
     mmi_model: str | None = opt(None, "backward model folder or Hub id (chatbot-train --reverse) that picks "
-                                      "the best of --candidates", metavar="DIR|ID")
+                                      "the best of --candidates", metavar="DIR|ID",
+                                aliases=("--mmi-model-path",))
     log_dir: str | None = opt(None, "folder for the transcript saved on exit (default: "
                                     "$XDG_DATA_HOME/chatbot/transcripts, else "
                                     "~/.local/share/chatbot/transcripts; a piped chat saves one only when "
-                                    "this is given)", metavar="DIR")
+                                    "this is given)", metavar="DIR",
+                              aliases=("--save-samples-path",))
     transcript: bool = opt(True, "save a transcript on exit")
     history_file: str = opt(str(Path.home() / ".chatbot_history"),
                             "keeps the lines you type, for Up-arrow recall across sessions", metavar="FILE")

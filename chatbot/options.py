@@ -73,6 +73,13 @@ def option_parser(name: str, kind: type) -> Callable[[str], int | float]:
     return parse
 
 
+def chitchat_top_p(text: str) -> float:
+    """`parse` for GPT2-chitchat's `--topp`, where 0 (its default) turns nucleus sampling off: top_p 1 here,
+    where top_p 0 keeps only the most likely token."""
+    value = option_parser("top_p", float)(text)
+    return 1.0 if value == 0 else value
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How replies are sampled: one set for chatbot-chat, chatbot-eval and chatbot-serve."""
@@ -80,9 +87,10 @@ class SamplingOptions:
     temperature: float = opt(1.0, "sampling temperature: divides the logits; 0 = always the likeliest token",
                              parse=option_parser("temperature", float), metavar="T")
     top_k: int = opt(8, "sample among the k most likely tokens; 0 = all", parse=option_parser("top_k", int),
-                     metavar="K")
+                     aliases=("--topk",), metavar="K")
     top_p: float = opt(1.0, "nucleus sampling: the fewest tokens reaching this probability; 1 = off",
-                       parse=option_parser("top_p", float), metavar="P")
+                       parse=option_parser("top_p", float), aliases=(("--topp", chitchat_top_p),),
+                       metavar="P")
     repetition_penalty: float = opt(1.0, "> 1 makes tokens already in the reply less likely",
                                     parse=option_parser("repetition_penalty", float), metavar="X")
     penalize_context: bool = opt(False, "apply the repetition penalty to the conversation's tokens "

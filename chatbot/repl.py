@@ -16,7 +16,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
@@ -24,9 +24,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from chatbot.bot import ChatBot
 from chatbot.conversation import Conversation
 from chatbot.options import SamplingOptions
+
+if TYPE_CHECKING:  # chatbot.bot imports torch, which `chatbot-chat --help` (see `command_lines`) must not
+    from chatbot.bot import ChatBot
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 # C0/C1 controls (ESC starts terminal escape sequences) and the bidi overrides that reorder a line.
@@ -47,13 +49,19 @@ def default_transcript_dir() -> Path:
 
 @dataclass
 class Session:
-    """One chat session: the conversation, the current settings and the transcript."""
+    """One chat session: the conversation, the current settings and the transcript.
+
+    The transcript is the record of what happened, in order: exchanges, and `{"event": "reset"}` and
+    `{"event": "set", "options": {...}}` (what a `/set` changed) where they happened; `to_json` adds the
+    settings the session started with, so the options of any turn can be read back.
+    """
 
     bot: ChatBot
     model_name: str
     log_dir: Path = field(default_factory=default_transcript_dir)  # where save() without a path writes
     seed: int | None = None  # reply i uses seed + i, so a session replays exactly
     options: SamplingOptions | None = None  # None: the bot's defaults
+    initial_options: SamplingOptions = field(init=False)  # what the transcript's "settings" record
     transcript: list[dict] = field(default_factory=list)
     started: datetime = field(default_factory=datetime.now)
     replies: int = 0
@@ -63,6 +71,7 @@ class Session:
 
     def __post_init__(self):
         self.options = self.options or self.bot.options
+        self.initial_options = self.options
         self.conversation = Conversation(self.bot.generate, self.bot.settings)
 
     def respond(self, text: str, show: Callable[[str], None] = lambda piece: None, *,
@@ -98,6 +107,7 @@ class Session:
         for entry in self.transcript:
             if entry.get("event") == "reset":
                 turns = []
+            if "event" in entry:
                 continue
             if entry.get("retry"):  # the retried exchange was forgotten before this one began
                 del turns[-2:]
@@ -106,7 +116,7 @@ class Session:
         return turns
 
     def to_json(self) -> dict:
-        settings = {**asdict(self.options), "max_history": self.bot.max_history, "seed": self.seed}
+        settings = {**asdict(self.initial_options), "max_history": self.bot.max_history, "seed": self.seed}
         return {"model": self.model_name, "started": self.started.isoformat(timespec="seconds"),
                 "settings": settings, "turns": self.transcript}
 
@@ -248,10 +258,14 @@ def _history(session: Session, arg: str, console: Console) -> bool:
 def _set(session: Session, arg: str, console: Console) -> bool:
     try:
         changes = parse_settings(arg.split(), session.options)
+        before = asdict(session.options)
         session.options = session.bot.resolve_options(session.options, **changes)
     except ValueError as e:
         console.print(f"[red]error:[/] {e}", highlight=False)
         return True
+    changed = {k: v for k, v in asdict(session.options).items() if v != before[k]}
+    if changed:  # recorded here, so the turns before keep the options they were sampled with
+        session.transcript.append({"event": "set", "options": changed})
     console.print(" ".join(f"{k}={v}" for k, v in asdict(session.options).items()), highlight=False)
     return True
 
@@ -291,6 +305,11 @@ _COMMANDS: dict[str, tuple[Callable[[Session, str, Console], bool], str]] = {
     "/retry": (_retry, "sample the last reply again"),
     "/quit": (_quit, "leave (Ctrl-D does too); Ctrl-C stops a reply being written"),
 }
+
+
+def command_lines() -> list[str]:
+    """The slash commands and what each does, one line each, for `chatbot-chat --help`."""
+    return [f"{name:<9}{text}" for name, (_, text) in _COMMANDS.items()]
 
 
 def parse_settings(pairs: list[str], current: SamplingOptions) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from chatbot.cli import chat_parser, eval_parser, train_parser
-from chatbot.config import ChatConfig, EvalConfig, TrainConfig
-from chatbot.flags import parse_options
+from chatbot.config import ChatConfig, EvalConfig, PreprocessConfig, TrainConfig
+from chatbot.flags import build_parser, parse_options
 from chatbot.options import SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +90,91 @@ def test_help_does_not_import_torch(command):
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"usage: {command}") and "--config-file" in out.stdout
+
+
+def parse_chat(argv):
+    return parse_options(chat_parser(), argv, ChatConfig, SamplingOptions)
+
+
+@pytest.mark.parametrize("argv, config, options", [
+    # GPT2-chitchat's README: python interact.py --no_cuda --model_path model_epoch40_50w
+    (["--no_cuda", "--model_path", "m"], dict(model="m", device="cpu"), {}),
+    (["--model_path", "m", "--device", "cuda:0", "--max_history_len", "5"],
+     dict(model="m", device="cuda:0", max_history=5), {}),
+    (["--topk", "3", "--topp", "0.9", "--repetition_penalty", "1.2", "--max_len", "9", "--temperature", "0.7"],
+     {}, dict(top_k=3, top_p=0.9, repetition_penalty=1.2, max_new_tokens=9, temperature=0.7)),
+    # interact_mmi.py
+    (["--dialogue_model_path", "d", "--mmi_model_path", "r", "--save_samples_path", "s", "--seed", "1"],
+     dict(model="d", mmi_model="r", log_dir="s", seed=1), {}),
+])
+def test_gpt2_chitchat_interact_flags_set_our_options(argv, config, options):
+    assert parse_chat(argv) == (dataclasses.replace(ChatConfig(), **config),
+                                dataclasses.replace(SamplingOptions(), **options))
+
+
+@pytest.mark.parametrize("argv, top_p", [(["--topp", "0"], 1.0), (["--topp=0.5"], 0.5), (["--top-p", "0"], 0.0)])
+def test_gpt2_chitchat_topp_0_means_off_but_top_p_0_means_greedy(argv, top_p):
+    assert parse_chat(argv)[1].top_p == top_p
+
+
+def test_gpt2_chitchat_train_flags_set_our_options():
+    argv = ("--epochs 40 --batch_size 8 --train_path data/train.txt --no_cuda --gradient_accumulation_steps 4 "
+            "--lr 2.6e-5 --log_step 5 --max_grad_norm 2.0 --save_model_path out --pretrained_model p "
+            "--vocab_path v.txt --model_config c.json --warmup_steps 7 --seed 1 --num_workers 2 --patience 3 "
+            "--max_len 150 --train_mmi").split()
+    assert parse_train(argv) == TrainConfig(
+        epochs=40, batch_size=8, train="data/train.txt", device="cpu", grad_accum=4, lr=2.6e-5, log_steps=5,
+        max_grad_norm=2.0, output_dir="out", pretrained="p", vocab="v.txt", config="c.json", warmup_steps=7,
+        seed=1, num_workers=2, patience=3, max_len=150, reverse=True)
+    old = "--train_raw_path t.txt --gradient_accumulation 2 --dialogue_model_output_path d".split()
+    assert parse_train(old) == TrainConfig(train="t.txt", grad_accum=2, output_dir="d")
+
+
+def test_gpt2_chitchat_preprocess_flags_set_our_options():
+    parser = build_parser("chatbot-preprocess", "", PreprocessConfig)
+    (cfg,) = parse_options(parser, ["c.txt", "--save_path", "data/train.pkl", "--vocab_path", "v.txt"],
+                           PreprocessConfig)
+    assert (cfg.corpus, cfg.output, cfg.vocab) == (["c.txt"], "data/train.pkl", "v.txt")
+
+
+@pytest.mark.parametrize("parser, argv, message", [
+    (chat_parser, ["--top_kk", "5"], "unknown flag --top_kk (did you mean --top-k?)"),
+    (chat_parser, ["--temprature=0.7"], "unknown flag --temprature (did you mean --temperature?)"),
+    (chat_parser, ["--maxhistory", "2"], "unknown flag --maxhistory (did you mean --max-history?)"),
+    (chat_parser, ["--zzz"], "unknown flag --zzz"),
+    (chat_parser, ["hello"], "unexpected argument 'hello'"),
+    (chat_parser, ["--log_path", "data/interact.log"], "--log_path is GPT2-chitchat's log file; chatbot prints to "
+                                                       "the terminal (chatbot-train also writes "
+                                                       "OUTPUT_DIR/metrics.jsonl): drop it"),
+    (chat_parser, ["--batch_size", "5"], "--batch_size is GPT2-chitchat's number of MMI candidates when "
+                                         "chatting; here use --candidates N with --mmi-model DIR"),
+    (train_parser, ["--val_num", "100"], "--val_num holds out a number of examples in GPT2-chitchat; here use "
+                                         "--valid-ratio SHARE (e.g. 0.01) or --valid FILE"),
+    (train_parser, ["--gradient_acumulation_steps", "4"],
+     "unknown flag --gradient_acumulation_steps (did you mean --grad-accum?)"),
+])
+def test_unknown_flag_is_one_error_line_and_a_short_usage(capsys, parser, argv, message):
+    parser = parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"error: {message}\n"
+                                       f"usage: {parser.prog} [options]; see {parser.prog} --help\n")
+
+
+def test_preprocess_usage_line_names_the_corpus_argument(capsys):
+    with pytest.raises(SystemExit):
+        build_parser("chatbot-preprocess", "", PreprocessConfig).parse_args(["--train_path", "t", "-o", "d"])
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --train_path is the corpus: chatbot-preprocess takes corpus files as arguments "
+        "(chatbot-preprocess data/train.txt -o DIR), chatbot-train as --train",
+        "usage: chatbot-preprocess [options] CORPUS ...; see chatbot-preprocess --help"]
+
+
+def test_help_lists_aliases_in_one_paragraph_not_beside_the_flags():
+    text = " ".join(chat_parser().format_help().split())  # unwrapped
+    options, aliases = text.split("Other names, most of them GPT2-chitchat's: ")
+    assert "--topk" not in options and "--max-len" not in options.replace("(--max-len is", "")
+    assert aliases.startswith("--model-path for --model, --dialogue-model-path for --model, --no-cuda for "
+                              "--device cpu, --max-history-len for --max-history,")
+    assert "--topk for --top-k, --topp for --top-p," in aliases

@@ -62,9 +62,12 @@ def test_commands(session, tmp_path):
     assert "transcript saved to" in text and "conversation forgotten" in text and "no history yet" in text
     assert session.conversation.history == []
     saved = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
-    assert saved["model"] == "tiny" and saved["settings"]["temperature"] == 0.0
+    assert saved["model"] == "tiny" and saved["settings"]["temperature"] == 1.0  # as the session started
+    assert saved["turns"][1] == {"event": "set", "options": {"temperature": 0.0, "top_k": 3,
+                                                             "penalize_context": True}}
     assert saved["settings"]["max_history"] == 3 and saved["settings"]["seed"] == 7
-    assert [(t["user"], t.get("retry")) for t in saved["turns"]] == [("你好", None), ("你好", True)]
+    assert [(t.get("user"), t.get("retry")) for t in saved["turns"]] == [("你好", None), (None, None),
+                                                                         ("你好", True)]
     assert session.transcript[-1] == {"event": "reset"}
     assert "not read" not in json.dumps(session.transcript, ensure_ascii=False)
 
@@ -117,6 +120,28 @@ def test_parse_settings_types_values_by_the_current_option():
         parse_settings(["top_k=0.5"], SamplingOptions())
     with pytest.raises(ValueError, match="expected name=value with name one of temperature, .*got 'temp'"):
         parse_settings(["temp"], SamplingOptions())
+
+
+def test_transcript_records_each_set_where_it_happened(session, tmp_path):
+    chat(session, ["你好", "/set min_new_tokens=5", "谢谢", "/set min_new_tokens=5", "/set top_p=2",
+                   "/set min_new_tokens=1 top_k=2", "/history", "今天"])
+    saved = json.loads(session.save(tmp_path / "t.json").read_text(encoding="utf-8"))
+    assert (saved["settings"]["min_new_tokens"], saved["settings"]["top_k"]) == (1, 8)
+    assert [t.get("event") or t["user"] for t in saved["turns"]] == ["你好", "set", "谢谢", "set", "今天"]
+    # a /set that changes nothing, or fails, is not an event
+    assert saved["turns"][1] == {"event": "set", "options": {"min_new_tokens": 5}}
+    assert saved["turns"][3] == {"event": "set", "options": {"min_new_tokens": 1, "top_k": 2}}
+    assert len(session.turns()) == 6  # the events are not turns of the conversation
+
+
+def test_help_lists_the_slash_commands(capsys):
+    with pytest.raises(SystemExit):
+        chat_main(["--help"])
+    out = capsys.readouterr().out
+    commands = [line for line in out[out.index("Commands while chatting:"):].splitlines() if line[2:3] == "/"]
+    assert [line.split()[0] for line in commands] == ["/help", "/reset", "/history", "/set", "/save",
+                                                      "/retry", "/quit"]
+    assert "  /retry   sample the last reply again" in commands
 
 
 def test_piped_stdin_gives_one_reply_per_line_and_a_transcript(tiny_model_dir, tmp_path, monkeypatch, capsys):
