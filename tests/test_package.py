@@ -37,7 +37,7 @@ def wheel(tmp_path_factory) -> Path:
     # Build from a copy of what the build reads: setuptools writes build/ and *.egg-info beside the sources.
     source = tmp / "checkout"
     shutil.copytree(ROOT / "chatbot", source / "chatbot", ignore=shutil.ignore_patterns("__pycache__"))
-    for relative in ["pyproject.toml", "README.md", *SHIPPED]:
+    for relative in ["pyproject.toml", "README.md", "LICENSE", *SHIPPED]:
         (source / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / relative, source / relative)
     sdist = build("build_sdist", source, tmp / "dist")
@@ -79,3 +79,11 @@ def test_commands_work_from_a_folder_with_no_checkout(wheel, tmp_path):
     chat = run([site / "bin" / "chatbot-chat", "--max-len", "3", "--seed", "1", "--no-transcript",
                 "--history-file", str(tmp_path / "history")], env=env, cwd=work, input="你好\n")
     assert len(chat.stdout.splitlines()) == 1
+
+
+def test_wheel_carries_the_license(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        (license_file,) = [n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert archive.read(license_file) == (ROOT / "LICENSE").read_bytes()
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA")))
+    assert b"License-Expression: MIT" in metadata
