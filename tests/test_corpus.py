@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,20 @@ def test_empty_file_is_an_error(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         list(read_dialogues(tmp_path / "nope.txt"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/null"), reason="needs POSIX")
+def test_a_corpus_must_be_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # nobody writes to it: opening it would block for ever
+    (tmp_path / "folder").mkdir()
+    saved = ("a corpus is read several times from its start, so save it to a file first "
+             "(e.g. zcat corpus.gz > corpus.txt)")
+    for path, message in [(tmp_path / "folder", "not a file but a folder; name a corpus file in it"),
+                          (tmp_path / "fifo", f"not a regular file but a pipe (FIFO); {saved}"),
+                          (Path("/dev/null"), f"not a regular file but a character device; {saved}")]:
+        with pytest.raises(CorpusError) as e:  # before: "corpus not found" for each
+            list(read_dialogues(path))
+        assert str(e.value) == f"{path}: {message}"
 
 
 def test_jsonl_lists_and_objects(tmp_path):

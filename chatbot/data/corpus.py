@@ -12,7 +12,8 @@ Memory stays bounded whatever the input: lines are read in pieces of at most MAX
 longer chat line is cut, a longer passage split), LCCC JSON is parsed as a stream with ijson, JSON
 nested deeper than MAX_JSON_DEPTH is refused before any parser recurses into it, and every turn is
 cut to MAX_TURN_CHARS before it reaches the tokenizer, which would otherwise spend gigabytes on one
-10 MB line.
+10 MB line. A corpus must be a regular file: it is read more than once, which a pipe cannot be,
+and a device such as /dev/zero would never end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ _BOM = b"\xef\xbb\xbf"
 
 
 class CorpusError(ValueError):
-    """A record that cannot be read; the message names the file and line."""
+    """A corpus or record that cannot be read; the message names the file (and line)."""
 
 
 @dataclass
@@ -107,11 +109,11 @@ def read_dialogues(path: str | Path, *, format: str = "auto", split: str | None 
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        CorpusError: on the first unreadable record (unless `skip_bad`), or an empty corpus.
+        CorpusError: if `path` is not a regular file, on the first unreadable record (unless
+            `skip_bad`), or for an empty corpus.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus not found: {path}")
+    check_corpus_file(path)
     if format not in FORMATS:
         raise ValueError(f"unknown corpus format {format!r}; expected one of {', '.join(FORMATS)}")
     if path.stat().st_size == 0:
@@ -129,6 +131,34 @@ def read_dialogues(path: str | Path, *, format: str = "auto", split: str | None 
             turns = [t[:MAX_TURN_CHARS] for t in turns]
         stats.count(turns)
         yield turns
+
+
+def check_corpus_file(path: Path) -> None:
+    """Check that `path` is a regular file (a link to one will do) before anything opens it.
+
+    Opening a FIFO blocks until someone writes to it, /dev/zero never ends, and a corpus is read
+    several times (format detection, the reader, LCCC's explanation pass, the cache's size and
+    mtime), which a pipe cannot give.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        CorpusError: naming what `path` is instead.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"corpus not found: {path}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise CorpusError(f"{path}: not a file but a folder; name a corpus file in it")
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+    raise CorpusError(f"{path}: not a regular file but {kind}; a corpus is read several times from its "
+                      "start, so save it to a file first (e.g. zcat corpus.gz > corpus.txt)")
+
+
+_FILE_KINDS = {stat.S_IFIFO: "a pipe (FIFO)", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
 def nests_too_deep(text: str) -> bool:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import BertTokenizerFast
 
+from chatbot.data.corpus import check_corpus_file
 from chatbot.data.encoded import is_fresh, open_arrays, read_meta
 from chatbot.data.preprocess import preprocess
 from chatbot.layout import (
@@ -57,7 +58,8 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: if an encoded folder does not match `tokenizer` or exceeds `max_len`.
+        ValueError: if an encoded folder does not match `tokenizer` or exceeds `max_len`, or `path`
+            is neither a folder nor a regular file (CorpusError).
     """
     path = Path(path)
     if path.is_dir():
@@ -69,8 +71,7 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
             raise ValueError(f"{path} holds examples up to {dataset.meta['max_len']} tokens but max_len is "
                              f"{max_len}; preprocess again with --max-len {max_len} or raise --max-len")
         return dataset
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus not found: {path}")
+    check_corpus_file(path)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache_dir / cache_key(path, format=format, split=split)
     if is_fresh(folder, [path], vocab_fingerprint=vocab_fingerprint(tokenizer), max_len=max_len):
