@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from chatbot.train.checkpoint import STATE_FILE
 from chatbot.cli import eval_main, preprocess_main, train_main
+from chatbot.data.dataset import cache_key
 from chatbot.model.modeling import load_model
 
 # Raw corpora are encoded into each test's own cache (snapshot() leaves it out).
@@ -100,6 +101,34 @@ def test_unreadable_corpus_is_named(tmp_path, corpus, vocab_file, capsys, monkey
     assert preprocess_main([str(corpus), "--vocab", str(vocab_file), "--output", str(tmp_path / "enc"),
                             "--quiet"]) == 2
     assert one_error(capsys) == (f"error: {corpus}: Permission denied "
+                                 "(check its permissions, or use another path)")
+
+
+def test_unreadable_corpus_is_named_by_train_not_blamed_on_the_cache(tmp_path, corpus, model_config,
+                                                                   vocab_file, capsys, monkeypatch):
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(corpus):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", denied)
+    assert train_main(train_args(corpus, model_config, vocab_file, tmp_path / "out")) == 2
+    # Before: "... (writing the cache of encoded corpora; set CHATBOT_CACHE to a writable folder)".
+    assert one_error(capsys) == (f"error: {corpus}: Permission denied "
+                                 "(check its permissions, or use another path)")
+
+
+def test_an_unwritable_cache_says_chatbot_cache(tmp_path, corpus, model_config, vocab_file, capsys,
+                                                monkeypatch, chatbot_cache):
+    chatbot_cache.mkdir()
+    real_access = os.access
+    monkeypatch.setattr("chatbot.fileio.os.access",
+                        lambda path, mode: path != chatbot_cache and real_access(path, mode))
+    assert train_main(train_args(corpus, model_config, vocab_file, tmp_path / "out")) == 2
+    folder = chatbot_cache / cache_key(corpus, format="auto", split=None)
+    assert one_error(capsys) == (f"error: {folder}: Permission denied (writing the cache of encoded corpora; "
+                                 "set CHATBOT_CACHE to a writable folder) "
                                  "(check its permissions, or use another path)")
 
 

@@ -60,6 +60,8 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
         FileNotFoundError: if `path` does not exist.
         ValueError: if an encoded folder does not match `tokenizer` or exceeds `max_len`, or `path`
             is neither a folder nor a regular file (CorpusError).
+        OSError: naming the file the system refused; CHATBOT_CACHE is suggested only when that
+            file is in the cache.
     """
     path = Path(path)
     if path.is_dir():
@@ -82,9 +84,18 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
         preprocess([path], folder, tokenizer, max_len=max_len, format=format, split=split,
                    skip_bad=skip_bad, workers=workers, progress=progress)
     except OSError as e:
+        if not _is_inside(e.filename, cache_dir):  # e.g. an unreadable corpus: its own name says it all
+            raise
         raise OSError(e.errno, f"{e.strerror} (writing the cache of encoded corpora; set CHATBOT_CACHE "
                                "to a writable folder)", e.filename) from e
     return TokenDataset(folder)
+
+
+def _is_inside(filename: str | bytes | None, folder: Path) -> bool:
+    """True when an OSError's `filename` lies in `folder` (paths compared absolute)."""
+    if not isinstance(filename, (str, bytes)):  # None, or a file descriptor
+        return False
+    return Path(os.path.abspath(os.fsdecode(filename))).is_relative_to(os.path.abspath(folder))
 
 
 def default_cache_dir() -> Path:
