@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,20 @@ def test_missing_file(tmp_path):
         list(read_dialogues(tmp_path / "nope.txt"))
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/null"), reason="needs POSIX")
+def test_a_corpus_must_be_a_regular_file(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # nobody writes to it: opening it would block for ever
+    (tmp_path / "folder").mkdir()
+    saved = ("a corpus is read several times from its start, so save it to a file first "
+             "(e.g. zcat corpus.gz > corpus.txt)")
+    for path, message in [(tmp_path / "folder", "not a file but a folder; name a corpus file in it"),
+                          (tmp_path / "fifo", f"not a regular file but a pipe (FIFO); {saved}"),
+                          (Path("/dev/null"), f"not a regular file but a character device; {saved}")]:
+        with pytest.raises(CorpusError) as e:  # before: "corpus not found" for each
+            list(read_dialogues(path))
+        assert str(e.value) == f"{path}: {message}"
+
+
 def test_jsonl_lists_and_objects(tmp_path):
     lines = [json.dumps(["你好", " 在 "]), "", json.dumps({"dialog": ["a", "b"]}),
              json.dumps({"conversation": ["c", "d"]}), json.dumps({"turns": ["e", "", "f"]})]
@@ -109,9 +124,42 @@ def test_text_format_yields_passages(tmp_path):
     ("a.txt", '["你好", "在"]\n', "txt"),
     ("a.data", "[微笑]你好\n在的\n", "txt"),
     ("a.data", "{好吧}\n嗯\n", "txt"),
+    # json.loads died with RecursionError on this line; the LCCC reader then says where it nests too deep
+    pytest.param("deep", "[" * 100_000 + "]" * 100_000, "lccc", id="nested-100000-deep"),
 ])
 def test_detect_format(tmp_path, name, content, expected):
     assert detect_format(write(tmp_path, name, content)) == expected
+
+
+def test_lccc_nested_deeper_than_the_format_is_refused_while_streaming(tmp_path):
+    # ijson built a path per level: 10**5 levels took ~10 GB (tests/test_faults.py runs that, memory-bound).
+    path = write(tmp_path, "deep.json", '{"train": [["a", "b"], [[[["c"]]]]]}')
+    reader = read_dialogues(path)
+    assert next(reader) == ["a", "b"]
+    with pytest.raises(CorpusError) as e:
+        next(reader)
+    assert str(e.value) == (f"{path}: JSON nested deeper than 4 levels within lines 1-1 (bytes 0-36); "
+                            'an LCCC corpus is {"train": [[utterance, ...], ...]} or [[utterance, ...], '
+                            "...]: fix the file, or give its format with --format")
+    # One level too deep is still one bad dialogue, reported or skipped as before.
+    path = write(tmp_path, "one-more.json", '{"train": [["a", "b"], [["c"]]]}')
+    with pytest.raises(CorpusError, match="dialogue #1 \\(0-based\\) is not a list of strings"):
+        list(read_dialogues(path))
+    assert list(read_dialogues(path, skip_bad=True)) == [["a", "b"]]
+
+
+def test_jsonl_line_nested_deeper_than_the_format_is_a_bad_record(tmp_path):
+    strings = ["[[[[[微笑]]]]]", '{"{{{{{\\']  # brackets, a quote and a backslash inside strings do not nest
+    brackets_in_strings = json.dumps(strings, ensure_ascii=False)
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads died with RecursionError
+    path = write(tmp_path, "deep.jsonl", f'["a", "b"]\n{deep}\n{brackets_in_strings}')
+    with pytest.raises(CorpusError) as e:
+        list(read_dialogues(path))
+    assert str(e.value) == (f"{path}:2: nested deeper than 4 levels; expected a JSON list of strings or an "
+                            "object with a dialog/conversation/turns list (or pass --skip-bad)")
+    stats = CorpusStats()
+    assert list(read_dialogues(path, skip_bad=True, stats=stats)) == [["a", "b"], strings]
+    assert stats.skipped == {"malformed record": 1}
 
 
 def test_join_lccc_spaces():

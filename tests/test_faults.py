@@ -8,7 +8,9 @@ import multiprocessing
 import os
 import random
 import re
+import resource
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from chatbot.train.checkpoint import STATE_FILE
 from chatbot.cli import eval_main, preprocess_main, train_main
+from chatbot.data.dataset import cache_key
 from chatbot.model.modeling import load_model
 
 # Raw corpora are encoded into each test's own cache (snapshot() leaves it out).
@@ -99,6 +102,82 @@ def test_unreadable_corpus_is_named(tmp_path, corpus, vocab_file, capsys, monkey
                             "--quiet"]) == 2
     assert one_error(capsys) == (f"error: {corpus}: Permission denied "
                                  "(check its permissions, or use another path)")
+
+
+def test_unreadable_corpus_is_named_by_train_not_blamed_on_the_cache(tmp_path, corpus, model_config,
+                                                                   vocab_file, capsys, monkeypatch):
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(corpus):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", denied)
+    assert train_main(train_args(corpus, model_config, vocab_file, tmp_path / "out")) == 2
+    # Before: "... (writing the cache of encoded corpora; set CHATBOT_CACHE to a writable folder)".
+    assert one_error(capsys) == (f"error: {corpus}: Permission denied "
+                                 "(check its permissions, or use another path)")
+
+
+def test_an_unwritable_cache_says_chatbot_cache(tmp_path, corpus, model_config, vocab_file, capsys,
+                                                monkeypatch, chatbot_cache):
+    chatbot_cache.mkdir()
+    real_access = os.access
+    monkeypatch.setattr("chatbot.fileio.os.access",
+                        lambda path, mode: path != chatbot_cache and real_access(path, mode))
+    assert train_main(train_args(corpus, model_config, vocab_file, tmp_path / "out")) == 2
+    folder = chatbot_cache / cache_key(corpus, format="auto", split=None)
+    assert one_error(capsys) == (f"error: {folder}: Permission denied (writing the cache of encoded corpora; "
+                                 "set CHATBOT_CACHE to a writable folder) "
+                                 "(check its permissions, or use another path)")
+
+
+# Both commands on each corpus, in a child limited to 2 GiB of address space (training reserves ~1 GiB):
+# JSON nested 10**5 deep took ~10 GB (LCCC) or died of RecursionError (JSONL); a regression that reads
+# /dev/zero or blocks on a FIFO nobody writes to fails the limit or the timeout instead of the machine.
+HOSTILE_CHILD = r"""
+import contextlib, io, json, sys
+from chatbot.cli import preprocess_main, train_main
+results = []
+for command, args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = {"preprocess": preprocess_main, "train": train_main}[command](args)
+    shown = [line for line in err.getvalue().splitlines() if "error" in line or "Traceback" in line]
+    results.append([code, shown])
+print(json.dumps(results))
+"""
+NESTED_LCCC = ("JSON nested deeper than 4 levels within lines 1-1 (bytes 0-65,536); an LCCC corpus is "
+               '{"train": [[utterance, ...], ...]} or [[utterance, ...], ...]: fix the file, or give its '
+               "format with --format")
+NESTED_JSONL = ("nested deeper than 4 levels; expected a JSON list of strings or an object with a "
+                "dialog/conversation/turns list (or pass --skip-bad)")
+NOT_A_FILE = ("a corpus is read several times from its start, so save it to a file first "
+              "(e.g. zcat corpus.gz > corpus.txt)")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs POSIX")
+def test_hostile_corpora_fail_at_once_in_bounded_memory(tmp_path, model_config, vocab_file):
+    deep = "[" * 100_000 + "]" * 100_000
+    for name in ("deep.json", "deep", "deep.jsonl"):  # "deep": the format is detected
+        (tmp_path / name).write_text(deep + "\n" * name.endswith(".jsonl"))
+    os.mkfifo(tmp_path / "fifo")
+    # The corpus -> what its error line says after its name (tmp_path / "/dev/zero" is /dev/zero).
+    after_name = {"deep.json": f": {NESTED_LCCC}", "deep": f": {NESTED_LCCC}",
+                  "deep.jsonl": f":1: {NESTED_JSONL}",
+                  "/dev/zero": f": not a regular file but a character device; {NOT_A_FILE}",
+                  "fifo": f": not a regular file but a pipe (FIFO); {NOT_A_FILE}"}
+    expected = {str(tmp_path / name): text for name, text in after_name.items()}
+    cases = [("preprocess", [c, "--vocab", str(vocab_file), "--output", str(tmp_path / "enc"), "--quiet"])
+             for c in expected]
+    cases += [("train", train_args(c, model_config, vocab_file, tmp_path / "out")) for c in expected]
+    limit = 2 << 30
+    child = subprocess.run([sys.executable, "-c", HOSTILE_CHILD, json.dumps(cases)], capture_output=True,
+                           text=True, timeout=600, cwd=Path(__file__).parents[1],
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout) == [[2, [f"error: {c}{text}"]] for c, text in expected.items()] * 2
+    assert not (tmp_path / "enc").exists() and not (tmp_path / "out").exists()
 
 
 def test_disk_full_while_encoding_leaves_nothing(tmp_path, corpus, vocab_file, capsys, monkeypatch):

@@ -9,9 +9,11 @@ Formats:
   text   running text for language-model pretraining: each non-blank line is a passage.
 
 Memory stays bounded whatever the input: lines are read in pieces of at most MAX_LINE_BYTES (a
-longer chat line is cut, a longer passage split), LCCC JSON is parsed as a stream with ijson, and
-every turn is cut to MAX_TURN_CHARS before it reaches the tokenizer, which would otherwise spend
-gigabytes on one 10 MB line.
+longer chat line is cut, a longer passage split), LCCC JSON is parsed as a stream with ijson, JSON
+nested deeper than MAX_JSON_DEPTH is refused before any parser recurses into it, and every turn is
+cut to MAX_TURN_CHARS before it reaches the tokenizer, which would otherwise spend gigabytes on one
+10 MB line. A corpus must be a regular file: it is read more than once, which a pipe cannot be,
+and a device such as /dev/zero would never end.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +37,15 @@ MAX_TURN_CHARS = 16_384
 # Lines are read in pieces this long (a UTF-8 character is at most 4 bytes): a cut one holds > MAX_TURN_CHARS.
 MAX_LINE_BYTES = 4 * MAX_TURN_CHARS + 4
 MAX_JSONL_BYTES = 1 << 20  # a JSON-lines record longer than 1 MiB is refused, not read whole
+# The formats nest 3 levels at most ({"train": [[utterance]]}); one level more still reaches the record
+# checks, so a dialogue wrong by one level is reported (or skipped) as that dialogue. Deeper is refused:
+# json.loads recurses once per level (RecursionError) and ijson builds a path string per level (GBs).
+MAX_JSON_DEPTH = 4
 _BOM = b"\xef\xbb\xbf"
 
 
 class CorpusError(ValueError):
-    """A record that cannot be read; the message names the file and line."""
+    """A corpus or record that cannot be read; the message names the file (and line)."""
 
 
 @dataclass
@@ -74,6 +81,8 @@ def detect_format(path: str | Path) -> str:
         first = f.readline(MAX_LINE_BYTES).decode("utf-8-sig", errors="replace").strip()
     if not first.startswith(("[", "{")):
         return "txt"
+    if nests_too_deep(first):  # no record is this deep; the LCCC reader says where the file goes wrong
+        return "lccc"
     try:
         record = json.loads(first)
     except json.JSONDecodeError:
@@ -100,11 +109,11 @@ def read_dialogues(path: str | Path, *, format: str = "auto", split: str | None 
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        CorpusError: on the first unreadable record (unless `skip_bad`), or an empty corpus.
+        CorpusError: if `path` is not a regular file, on the first unreadable record (unless
+            `skip_bad`), or for an empty corpus.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus not found: {path}")
+    check_corpus_file(path)
     if format not in FORMATS:
         raise ValueError(f"unknown corpus format {format!r}; expected one of {', '.join(FORMATS)}")
     if path.stat().st_size == 0:
@@ -122,6 +131,59 @@ def read_dialogues(path: str | Path, *, format: str = "auto", split: str | None 
             turns = [t[:MAX_TURN_CHARS] for t in turns]
         stats.count(turns)
         yield turns
+
+
+def check_corpus_file(path: Path) -> None:
+    """Check that `path` is a regular file (a link to one will do) before anything opens it.
+
+    Opening a FIFO blocks until someone writes to it, /dev/zero never ends, and a corpus is read
+    several times (format detection, the reader, LCCC's explanation pass, the cache's size and
+    mtime), which a pipe cannot give.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        CorpusError: naming what `path` is instead.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"corpus not found: {path}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise CorpusError(f"{path}: not a file but a folder; name a corpus file in it")
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+    raise CorpusError(f"{path}: not a regular file but {kind}; a corpus is read several times from its "
+                      "start, so save it to a file first (e.g. zcat corpus.gz > corpus.txt)")
+
+
+_FILE_KINDS = {stat.S_IFIFO: "a pipe (FIFO)", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def nests_too_deep(text: str) -> bool:
+    """True when the JSON `text` nests deeper than MAX_JSON_DEPTH, found without recursing.
+
+    Brackets inside strings do not count. A malformed `text` gets an answer too, for the parser
+    to then report it as malformed.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # nearly every record: too few brackets to nest deeper, one pass in C
+    depth = 0
+    for m in _BRACKET_OR_STRING.finditer(text):
+        token = m.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token in ("]", "}"):
+            depth -= 1
+    return False
+
+
+# A string (escapes included; an unterminated one runs to the end) is matched whole, so that the
+# brackets inside it are skipped.
+_BRACKET_OR_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|$)|[\[\]{}]', re.S)
 
 
 def _lines(path: Path, skip_bad: bool, stats: CorpusStats, *, limit: int = MAX_LINE_BYTES,
@@ -208,6 +270,8 @@ def _read_jsonl(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Ite
         try:
             if cut:
                 raise CorpusError(f"record longer than {MAX_JSONL_BYTES >> 20} MiB")
+            if nests_too_deep(line):
+                raise CorpusError(f"nested deeper than {MAX_JSON_DEPTH} levels")
             yield _jsonl_turns(json.loads(line))
         except (json.JSONDecodeError, CorpusError) as e:
             reason = "malformed JSON" if isinstance(e, json.JSONDecodeError) else str(e)
@@ -238,9 +302,10 @@ def _read_lccc(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Iter
         is_splits = head == b"{"
         split = (split or "train") if is_splits else split
         f = _TrackedReader(raw, start)
+        events = ijson.parse(_shallow_events(ijson.basic_parse(f), path, f))
         index = -1
         try:
-            for index, dialogue in enumerate(ijson.items(f, f"{split}.item" if is_splits else "item")):
+            for index, dialogue in enumerate(ijson.items(events, f"{split}.item" if is_splits else "item")):
                 if not isinstance(dialogue, list) or not all(isinstance(t, str) for t in dialogue):
                     if not skip_bad:
                         raise CorpusError(f"{path}: dialogue #{index} (0-based) is not a list of strings; "
@@ -252,6 +317,24 @@ def _read_lccc(path: Path, *, split, skip_bad: bool, stats: CorpusStats) -> Iter
             raise CorpusError(f"{path}: {_json_error(e, f)}") from None
     if index < 0:  # nothing at all: say why (a second pass, only in this case)
         _explain_no_dialogues(path, start, split if is_splits else None)
+
+
+def _shallow_events(events: Iterator[tuple[str, object]], path: Path, f: _TrackedReader):
+    """ijson's events without paths, refusing JSON nested deeper than MAX_JSON_DEPTH before ijson.parse
+    sees it: parsing a file itself, ijson builds the path of every event of a 64 KiB read at once, one
+    string per level (10**5 levels: ~10 GB)."""
+    depth = 0
+    for event, value in events:
+        if event in ("start_array", "start_map"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise CorpusError(
+                    f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels {_where(f)}; an LCCC corpus "
+                    'is {"train": [[utterance, ...], ...]} or [[utterance, ...], ...]: fix the file, or give '
+                    "its format with --format")
+        elif event in ("end_array", "end_map"):
+            depth -= 1
+        yield event, value
 
 
 class _TrackedReader:
@@ -274,8 +357,12 @@ def _json_error(e: Exception, f: _TrackedReader) -> str:
     reason, *context = str(e).splitlines() or ["malformed JSON"]
     near = f", near {context[0].strip()!r}" if context and context[0].strip() else ""
     kind = "not valid UTF-8" if "UTF8" in reason else "malformed JSON"
-    return (f"{kind} ({reason.strip().rstrip('.')}{near}) within lines {f.first_line:,}-{f.lines:,} "
-            f"(bytes {f.start:,}-{f.end:,})")
+    return f"{kind} ({reason.strip().rstrip('.')}{near}) {_where(f)}"
+
+
+def _where(f: _TrackedReader) -> str:
+    """Where in the file the chunk the parser last read lies."""
+    return f"within lines {f.first_line:,}-{f.lines:,} (bytes {f.start:,}-{f.end:,})"
 
 
 def _explain_no_dialogues(path: Path, start: int, split: str | None) -> None:

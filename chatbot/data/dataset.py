@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import BertTokenizerFast
 
+from chatbot.data.corpus import check_corpus_file
 from chatbot.data.encoded import is_fresh, open_arrays, read_meta
 from chatbot.data.preprocess import preprocess
 from chatbot.layout import (
@@ -57,7 +58,10 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: if an encoded folder does not match `tokenizer` or exceeds `max_len`.
+        ValueError: if an encoded folder does not match `tokenizer` or exceeds `max_len`, or `path`
+            is neither a folder nor a regular file (CorpusError).
+        OSError: naming the file the system refused; CHATBOT_CACHE is suggested only when that
+            file is in the cache.
     """
     path = Path(path)
     if path.is_dir():
@@ -69,8 +73,7 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
             raise ValueError(f"{path} holds examples up to {dataset.meta['max_len']} tokens but max_len is "
                              f"{max_len}; preprocess again with --max-len {max_len} or raise --max-len")
         return dataset
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus not found: {path}")
+    check_corpus_file(path)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache_dir / cache_key(path, format=format, split=split)
     if is_fresh(folder, [path], vocab_fingerprint=vocab_fingerprint(tokenizer), max_len=max_len):
@@ -81,9 +84,18 @@ def load_dataset(path: str | Path, tokenizer: BertTokenizerFast, *, max_len: int
         preprocess([path], folder, tokenizer, max_len=max_len, format=format, split=split,
                    skip_bad=skip_bad, workers=workers, progress=progress)
     except OSError as e:
+        if not _is_inside(e.filename, cache_dir):  # e.g. an unreadable corpus: its own name says it all
+            raise
         raise OSError(e.errno, f"{e.strerror} (writing the cache of encoded corpora; set CHATBOT_CACHE "
                                "to a writable folder)", e.filename) from e
     return TokenDataset(folder)
+
+
+def _is_inside(filename: str | bytes | None, folder: Path) -> bool:
+    """True when an OSError's `filename` lies in `folder` (paths compared absolute)."""
+    if not isinstance(filename, (str, bytes)):  # None, or a file descriptor
+        return False
+    return Path(os.path.abspath(os.fsdecode(filename))).is_relative_to(os.path.abspath(folder))
 
 
 def default_cache_dir() -> Path:
