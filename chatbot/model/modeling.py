@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from chatbot.model.hf_files import export_hf_files, write_model_card
 from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, LOSS_ON, speaker_token_ids
+from chatbot.model.limits import check_model_fits
 from chatbot.model.precision import prepare_model, resolve_dtype
 from chatbot.model.weights import check_config_fits_weights, header_shapes, verify_checksums, write_checksums
 from chatbot.resources import resolve_config
@@ -102,13 +103,19 @@ def build_model(config: GPT2Config) -> GPT2LMHeadModel:
 def model_to_train(*, resume_dir: Path | None, pretrained: str | None, config: str, vocab: str,
                    resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, str, str]:
     """(model, tokenizer, where it came from, its dialogue layout) for training: a checkpoint to resume,
-    a pretrained folder or Hub id (see `load_model`), or a config with random weights."""
+    a pretrained folder or Hub id (see `load_model`), or a config with random weights.
+
+    Raises:
+        ValueError: also for a model that cannot be trained in this machine's memory (see
+            `chatbot.model.limits.check_model_fits`), before it is built.
+    """
     source = resume_dir or pretrained
     if source is None:
         tokenizer = load_tokenizer(vocab)
-        model = build_model(load_gpt2_config(config, tokenizer))
-        return model, tokenizer, f"{config} (random init)", CHITCHAT
-    model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings)
+        model_config = load_gpt2_config(config, tokenizer)
+        check_model_fits(model_config, resolve_config(config), training=True)
+        return build_model(model_config), tokenizer, f"{config} (random init)", CHITCHAT
+    model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings, training=True)
     return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
 
 
@@ -198,7 +205,8 @@ def model_type(config: dict, where: str | Path) -> str:
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32", *,
-               resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
+               resize_embeddings: bool = False,
+               training: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
     """Load (model in eval mode, tokenizer, training_args) from a model folder or a Hub id.
 
     The one way models are loaded, for chatting, evaluating and fine-tuning. `model_type` picks
@@ -211,22 +219,27 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
         dtype: one of `chatbot.options.DTYPES`, resolved for `device` by
             `chatbot.model.precision.resolve_dtype` (fp32 leaves the weights as trained).
         resize_embeddings: grow the embedding to the tokenizer's size instead of refusing.
+        training: check that the model can be trained here, not only run (see
+            `chatbot.model.limits.check_model_fits`).
 
     Raises:
         FileNotFoundError: if the folder is incomplete or the Hub id cannot be had.
         ValueError: for an unsupported model_type, weights of another architecture or of other
             sizes than config.json's, a damaged file (named; our folders' weights are checked
             against the SHA-256 recorded when they were saved), weights that are NaN or inf, a
-            tokenizer larger than the model's embedding, or a dtype the device cannot run.
+            tokenizer larger than the model's embedding, a model too large for the memory that is
+            free, or a dtype the device cannot run.
     """
-    precision = resolve_dtype(dtype, torch.device(device))
+    device = torch.device(device)
+    precision = resolve_dtype(dtype, device)
     path = resolve_model_dir(source)
     kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
     config = _read_config(path, kind)
-    # Cheap checks first: the headers, the checksums, the shapes; then the model is built.
+    # Cheap checks first: the headers, the checksums, the sizes; then the model is built.
     shapes = header_shapes(path)  # an unreadable (truncated) header is named as such
     verify_checksums(path)
     check_config_fits_weights(config, path / "config.json", shapes)
+    check_model_fits(config, path / "config.json", training=training, device=device, dtype=precision)
     model = _load_weights(path, kind, config, where=str(source))
     bad = nonfinite_parameters(model)
     if bad:
