@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from tokenizers import Regex, decoders, pre_tokenizers
@@ -10,6 +11,8 @@ from transformers import BertTokenizerFast
 
 from chatbot.layout import REQUIRED_TOKENS, SPEAKER_TOKENS
 
+# What a model folder's tokenizer is read from, in the order transformers reads them.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 # Tokens that can appear in a vocabulary but must never reach a user: specials, speaker markers,
 # and BERT's reserved [unusedN] slots (bert-base-chinese style vocabularies have 99 of them).
 _HIDDEN_PREFIXES = ("[unused",)
@@ -41,7 +44,8 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
 
     Raises:
         FileNotFoundError: if `path` is neither a vocab file nor a folder with tokenizer files.
-        ValueError: if the vocabulary lacks [PAD], [UNK], [CLS] or [SEP].
+        ValueError: if the vocabulary lacks [PAD], [UNK], [CLS] or [SEP], or a tokenizer file is
+            damaged or not a WordPiece tokenizer's (the file named).
     """
     path = Path(path)
     has_files = path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt"))
@@ -92,9 +96,43 @@ def splits_characters(tokenizer: BertTokenizerFast) -> bool:
 
 
 def _read_tokenizer(path: Path, **kwargs) -> BertTokenizerFast:
-    if path.is_file():
-        return BertTokenizerFast(vocab=str(path), **kwargs)
-    return BertTokenizerFast.from_pretrained(str(path), **kwargs)
+    if path.is_dir():
+        _check_tokenizer_files(path)
+    try:
+        if path.is_file():
+            return BertTokenizerFast(vocab=str(path), **kwargs)
+        return BertTokenizerFast.from_pretrained(str(path), **kwargs)
+    except Exception as e:  # noqa: BLE001 - tokenizers and transformers raise bare Exception and KeyError
+        files = [path] if path.is_file() else [path / f for f in _TOKENIZER_FILES if (path / f).is_file()]
+        reason = f"it lacks the field {e}" if isinstance(e, KeyError) else " ".join(str(e).split())
+        raise ValueError(f"{', '.join(map(str, files))}: not a BERT tokenizer that can be read ({reason}); "
+                         "a vocab.txt is one UTF-8 token a line: copy the files again, or pass the "
+                         "tokenizer the model was trained with") from None
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """Name the file, not only the parser's complaint, for a damaged JSON tokenizer file; refuse a
+    tokenizer.json of another kind (BPE, Unigram), which BertTokenizerFast would misread.
+
+    Raises:
+        ValueError: naming the file, the field and the fix.
+    """
+    for name in _TOKENIZER_FILES[:3]:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            fields = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{file} is not valid JSON ({e}); it is damaged: copy it again from where the "
+                             "model came from") from None
+        model = fields.get("model") if isinstance(fields, dict) else None
+        kind = model.get("type", "WordPiece") if isinstance(model, dict) else None
+        if name == "tokenizer.json" and kind != "WordPiece":
+            raise ValueError(
+                f"{file}: model.type is {json.dumps(kind)}, but chatbot reads BERT WordPiece tokenizers "
+                '("WordPiece", as bert-base-chinese and chatbot-train write them): use the tokenizer the '
+                "model was trained with, or a vocab.txt (python -m chatbot.data.vocab builds one)")
 
 
 def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:

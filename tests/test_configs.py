@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chatbot.model.limits import count_parameters
 from chatbot.model.modeling import build_model, load_gpt2_config
 from chatbot.tokenization import load_tokenizer
 
@@ -21,6 +22,7 @@ def test_every_config_builds_a_model_tied_to_the_vocab(name):
     with torch.device("meta"):  # shapes only: no memory, no time
         model = build_model(config)
     assert model.get_input_embeddings().num_embeddings == 7293
+    assert count_parameters(config) == model.num_parameters()  # what the memory check counts before building
 
 
 def test_bad_config_files(tmp_path, tokenizer):

@@ -59,7 +59,7 @@ def test_train_writes_checkpoints_best_and_final(corpus, model_config, vocab_fil
     assert sorted(p.name for p in out.iterdir()) == ["best", "checkpoint-8", "final", "metrics.jsonl"]
     model_files = ["README.md", "chat_template.jinja", "config.json", "generation_config.json",
                    "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.json",
-                   "vocab.txt"]
+                   "vocab.txt", "weights.sha256"]
     assert sorted(os.listdir(out / "final")) == model_files
     assert sorted(os.listdir(out / "checkpoint-8")) == sorted(model_files + ["trainer_state.pt"])
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values()) and len(losses(out)) == 8

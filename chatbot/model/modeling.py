@@ -22,8 +22,10 @@ from transformers import BertTokenizerFast, GPT2Config, GPT2LMHeadModel, OpenAIG
 from transformers.utils import logging as hf_logging
 
 from chatbot.model.hf_files import export_hf_files, write_model_card
-from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, speaker_token_ids
+from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, LOSS_ON, speaker_token_ids
+from chatbot.model.limits import check_model_fits
 from chatbot.model.precision import prepare_model, resolve_dtype
+from chatbot.model.weights import check_config_fits_weights, header_shapes, verify_checksums, write_checksums
 from chatbot.resources import resolve_config
 from chatbot.tokenization import load_tokenizer, split_characters
 
@@ -67,6 +69,7 @@ _PROBABILITIES = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 def check_gpt2_config(config: GPT2Config, where: str | Path) -> None:
     """Check the fields a model is built from, so that a bad value is named, not a crash deep in torch.
+    OpenAI GPT configs have the same fields, less `n_inner`.
 
     Raises:
         ValueError: naming the file, the field, its value and what is allowed.
@@ -75,8 +78,9 @@ def check_gpt2_config(config: GPT2Config, where: str | Path) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
-    if config.n_inner is not None and (not isinstance(config.n_inner, int) or config.n_inner < 1):
-        raise ValueError(f"{where}: n_inner must be a positive integer or null, got {config.n_inner!r}")
+    n_inner = getattr(config, "n_inner", None)
+    if n_inner is not None and (not isinstance(n_inner, int) or isinstance(n_inner, bool) or n_inner < 1):
+        raise ValueError(f"{where}: n_inner must be a positive integer or null, got {n_inner!r}")
     for name in _PROBABILITIES:
         value = getattr(config, name)
         if not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -99,13 +103,19 @@ def build_model(config: GPT2Config) -> GPT2LMHeadModel:
 def model_to_train(*, resume_dir: Path | None, pretrained: str | None, config: str, vocab: str,
                    resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, str, str]:
     """(model, tokenizer, where it came from, its dialogue layout) for training: a checkpoint to resume,
-    a pretrained folder or Hub id (see `load_model`), or a config with random weights."""
+    a pretrained folder or Hub id (see `load_model`), or a config with random weights.
+
+    Raises:
+        ValueError: also for a model that cannot be trained in this machine's memory (see
+            `chatbot.model.limits.check_model_fits`), before it is built.
+    """
     source = resume_dir or pretrained
     if source is None:
         tokenizer = load_tokenizer(vocab)
-        model = build_model(load_gpt2_config(config, tokenizer))
-        return model, tokenizer, f"{config} (random init)", CHITCHAT
-    model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings)
+        model_config = load_gpt2_config(config, tokenizer)
+        check_model_fits(model_config, resolve_config(config), training=True)
+        return build_model(model_config), tokenizer, f"{config} (random init)", CHITCHAT
+    model, tokenizer, saved_args = load_model(source, resize_embeddings=resize_embeddings, training=True)
     return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
 
 
@@ -182,16 +192,21 @@ def model_type(config: dict, where: str | Path) -> str:
     if kind is None:
         # OpenAIGPTConfig alone has `afn`; GPT2Config has n_embd/n_layer without it.
         kind = "openai-gpt" if "afn" in config else "gpt2" if "n_embd" in config else None
-    if kind not in MODEL_CLASSES:
-        found = f"model_type {kind!r} is not supported" if kind else "config.json has no model_type"
-        raise ValueError(f"{where}: {found}: chatbot loads gpt2 "
-                         "(GPT-2, e.g. uer/gpt2-chinese-cluecorpussmall) "
-                         "and openai-gpt (CDial-GPT, e.g. thu-coai/CDial-GPT_LCCC-base)")
-    return kind
+    if isinstance(kind, str) and kind in MODEL_CLASSES:
+        return kind
+    if kind is None:
+        found = "it has no model_type"
+    elif not isinstance(kind, str):  # a list or a number: the JSON was edited by hand
+        found = f"model_type must be one name such as \"gpt2\", got {json.dumps(kind)}"
+    else:
+        found = f"model_type {kind!r} is not supported"
+    raise ValueError(f"{where}: {found}: chatbot loads gpt2 (GPT-2, e.g. uer/gpt2-chinese-cluecorpussmall) "
+                     "and openai-gpt (CDial-GPT, e.g. thu-coai/CDial-GPT_LCCC-base)")
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32", *,
-               resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
+               resize_embeddings: bool = False,
+               training: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
     """Load (model in eval mode, tokenizer, training_args) from a model folder or a Hub id.
 
     The one way models are loaded, for chatting, evaluating and fine-tuning. `model_type` picks
@@ -204,17 +219,28 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
         dtype: one of `chatbot.options.DTYPES`, resolved for `device` by
             `chatbot.model.precision.resolve_dtype` (fp32 leaves the weights as trained).
         resize_embeddings: grow the embedding to the tokenizer's size instead of refusing.
+        training: check that the model can be trained here, not only run (see
+            `chatbot.model.limits.check_model_fits`).
 
     Raises:
         FileNotFoundError: if the folder is incomplete or the Hub id cannot be had.
-        ValueError: for an unsupported model_type, weights of another architecture, a damaged
-            file (named), weights that are NaN or inf, a tokenizer larger than the model's embedding,
-            or a dtype the device cannot run.
+        ValueError: for an unsupported model_type, weights of another architecture or of other
+            sizes than config.json's, a damaged file (named; our folders' weights are checked
+            against the SHA-256 recorded when they were saved), weights that are NaN or inf, a
+            tokenizer larger than the model's embedding, a model too large for the memory that is
+            free, or a dtype the device cannot run.
     """
-    precision = resolve_dtype(dtype, torch.device(device))
+    device = torch.device(device)
+    precision = resolve_dtype(dtype, device)
     path = resolve_model_dir(source)
     kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
-    model = _load_weights(path, kind, where=str(source))
+    config = _read_config(path, kind)
+    # Cheap checks first: the headers, the checksums, the sizes; then the model is built.
+    shapes = header_shapes(path)  # an unreadable (truncated) header is named as such
+    verify_checksums(path)
+    check_config_fits_weights(config, path / "config.json", shapes)
+    check_model_fits(config, path / "config.json", training=training, device=device, dtype=precision)
+    model = _load_weights(path, kind, config, where=str(source))
     bad = nonfinite_parameters(model)
     if bad:
         raise ValueError(f"{source}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
@@ -241,7 +267,8 @@ def load_model_tokenizer(source: str | Path) -> tuple[BertTokenizerFast, str]:
 
 def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, dict]:
     """(model_type, tokenizer as the model reads text, training_args or {}) of a checked folder."""
-    kind = model_type(read_json_object(path / "config.json", "model config", "of model fields"), where)
+    config_file = path / "config.json"
+    kind = model_type(read_json_object(config_file, "model config", "of model fields"), config_file)
     tokenizer = load_tokenizer(path)
     training_args = read_training_args(path)
     if dialogue_layout(kind, tokenizer, training_args) == CDIAL:
@@ -249,23 +276,31 @@ def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, 
     return kind, tokenizer, training_args
 
 
-def _load_weights(path: Path, kind: str, *, where: str) -> PreTrainedModel:
+def _read_config(path: Path, kind: str):
+    """config.json as the config class of `kind`, its sizes checked (see `check_gpt2_config`)."""
+    try:
+        config = MODEL_CLASSES[kind].config_class.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - a wrong type raises StrictDataclassFieldValidationError
+        raise ValueError(f"{path / 'config.json'} is not a valid {kind} config "
+                         f"({' '.join(str(e).split())})") from None
+    check_gpt2_config(config, path / "config.json")
+    return config
+
+
+def _load_weights(path: Path, kind: str, config, *, where: str) -> PreTrainedModel:
     # GPT-2 runs on PyTorch's fused attention; OpenAI GPT only has its own.
     extra = {"attn_implementation": "sdpa"} if kind == "gpt2" else {}
     model_class = MODEL_CLASSES[kind]
     try:
-        config = model_class.config_class.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - a wrong type raises StrictDataclassFieldValidationError
-        raise ValueError(f"{path / 'config.json'} is not a valid {kind} config "
-                         f"({' '.join(str(e).split())})") from None
-    if kind == "gpt2":
-        check_gpt2_config(config, path / "config.json")
-    try:
         model, info = model_class.from_pretrained(str(path), config=config, dtype=torch.float32,
                                                   output_loading_info=True, **extra)
     except (RuntimeError, OSError, EOFError, SafetensorError, pickle.UnpicklingError) as e:
-        if isinstance(e, RuntimeError) and "size mismatch" in str(e):  # tensors of the wrong shapes
-            raise ValueError(f"{where}: its weights do not fit a {kind} model ({first_line(e)})") from None
+        # Tensors of other shapes than config.json's (found here only for pytorch_model.bin: a
+        # safetensors header is compared before): "size mismatch" before transformers 5.
+        if isinstance(e, RuntimeError) and ("size mismatch" in str(e) or "mismatched_sizes" in str(e)):
+            raise ValueError(f"{where}: its weights do not fit a {kind} model of config.json's sizes "
+                             "(n_layer, n_embd, n_positions, vocab_size): put back the config.json these "
+                             "weights came with") from None
         weights = next((path / f for f in _WEIGHT_FILES if (path / f).is_file()), path)
         raise ValueError(f"{weights} could not be read ({first_line(e)}); it may be truncated or damaged: "
                          "copy it again, or use another checkpoint") from None
@@ -278,9 +313,34 @@ def _load_weights(path: Path, kind: str, *, where: str) -> PreTrainedModel:
 
 
 def read_training_args(path: Path) -> dict:
-    """training_args.json of a model folder, or {} for folders not written by chatbot-train."""
+    """training_args.json of a model folder, or {} for folders not written by chatbot-train.
+
+    Raises:
+        ValueError: naming the file and the field, for a value chatting or evaluating would
+            misread (see `_TRAINING_ARG_VALUES`).
+    """
     file = path / TRAINING_ARGS
-    return read_json_object(file, "training arguments file", "of training options") if file.is_file() else {}
+    if not file.is_file():
+        return {}
+    args = read_json_object(file, "training arguments file", "of training options")
+    for field, (fits, allowed) in _TRAINING_ARG_VALUES.items():
+        value = args.get(field)
+        if value is not None and not fits(value):
+            raise ValueError(f"{file}: {field} is {json.dumps(value, ensure_ascii=False)}, but it must be "
+                             f"{allowed} or null; put back the value chatbot-train wrote (the model card, "
+                             "README.md beside it, names the settings)")
+    return args
+
+
+# The fields of training_args.json read back when a model is used, with what each may hold.
+_TRAINING_ARG_VALUES = {
+    "max_len": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                "a positive integer (the --max-len it was trained with)"),
+    "layout": (lambda v: v in (CHITCHAT, CDIAL), f'"{CHITCHAT}" or "{CDIAL}"'),
+    "loss_on": (lambda v: v in LOSS_ON, " or ".join(f'"{v}"' for v in LOSS_ON)),
+    "speaker_ids": (lambda v: isinstance(v, bool), "true or false"),
+    "reverse": (lambda v: isinstance(v, bool), "true or false"),
+}
 
 
 def read_json_object(path: Path, what: str, holding: str) -> dict:
@@ -354,6 +414,9 @@ def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenize
 
     See chatbot.model.hf_files for the Hugging Face files it adds to the weights and tokenizer.
 
+    The weights' SHA-256 goes to `weights.sha256`, verified when the folder is loaded (see
+    chatbot.model.weights).
+
     Args:
         results: what training knows about these weights (`step`, `valid_ppl`, `eval_generate`),
             for the model card.
@@ -361,6 +424,7 @@ def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenize
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
+    write_checksums(path)
     tokenizer.save_pretrained(str(path))
     # transformers 5 writes only tokenizer.json; vocab.txt keeps the folder usable by tools that
     # read a plain BERT vocabulary (GPT2-chitchat's scripts, older transformers).

@@ -35,6 +35,7 @@ from chatbot.model.modeling import (
     read_training_args,
     save_model,
 )
+from chatbot.model.weights import verify_checksums
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 2  # 1: pickled numpy RNG state (never loaded again); 2: tensors and plain containers only
@@ -255,9 +256,10 @@ def resolve_resume(resume: str | None, output_dir: Path, *, quiet: bool = False)
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why `path` cannot be resumed from (missing, truncated or unsafe files), or None if it can.
+    """Why `path` cannot be resumed from (missing, truncated, damaged or unsafe files), or None if it can.
 
-    Cheap: reads the safetensors header and maps the trainer state without copying it.
+    Reads the safetensors header, hashes the weights against the SHA-256 recorded when they were
+    saved (under a second at GPT-2's size), and maps the trainer state without copying it.
     """
     try:
         check_model_dir(path)
@@ -267,6 +269,7 @@ def checkpoint_problem(path: Path) -> str | None:
                     pass
             except SafetensorError as e:
                 return f"{weights.name} is damaged ({e})"
+        verify_checksums(path)
         load_state(path, mmap=True)
     except (OSError, ValueError) as e:
         return str(e)
