@@ -7,21 +7,29 @@ from chatbot.config import TrainConfig
 from chatbot.train.loop import train
 
 
-def test_report_to_tensorboard_writes_events(tmp_path, vocab_file, monkeypatch):
-    pytest.importorskip("tensorboard")  # the dev extra installs it
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def tensorboard_run(tmp_path, vocab_file, monkeypatch) -> dict:
+    """TrainConfig fields of a tiny run logging every step to TensorBoard in tmp_path/out."""
     monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "train.txt"
     corpus.write_text("\n\n".join(["你好\n你好吗", "今天天气很好\n谢谢"] * 4), encoding="utf-8")
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}))
-    out = tmp_path / "out"
-    train(TrainConfig(train=str(corpus), config=str(config), vocab=str(vocab_file), output_dir=str(out),
-                      max_steps=2, batch_size=4, log_steps=1, quiet=True, report_to="tensorboard"))
+    return dict(train=str(corpus), config=str(config), vocab=str(vocab_file), output_dir=str(tmp_path / "out"),
+                batch_size=4, log_steps=1, quiet=True, report_to="tensorboard")
+
+
+def logged_steps(out) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(out / "runs"))
     events.Reload()
-    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+    return [e.step for e in events.Scalars("loss")]
+
+
+def test_report_to_tensorboard_writes_events(tmp_path, vocab_file, monkeypatch):
+    pytest.importorskip("tensorboard")  # the dev extra installs it
+    train(TrainConfig(**tensorboard_run(tmp_path, vocab_file, monkeypatch), max_steps=2))
+    assert logged_steps(tmp_path / "out") == [1, 2]
 
 
 def test_report_to_needs_its_package_and_says_how_to_get_it(monkeypatch):
@@ -52,3 +60,12 @@ def test_window_averages_the_loss_over_scored_tokens():
     loss, tokens, tokens_per_s = window.totals()
     assert (loss, tokens) == ((2.0 * 3 + 0.5 * 1) / 4, 9)
     assert tokens_per_s > 0
+
+
+def test_resumed_tensorboard_events_hold_each_step_once(tmp_path, vocab_file, monkeypatch):
+    pytest.importorskip("tensorboard")
+    common = dict(tensorboard_run(tmp_path, vocab_file, monkeypatch), max_steps=3, save_steps=1,
+                  save_total_limit=0)
+    train(TrainConfig(**common))
+    train(TrainConfig(**common, resume=str(tmp_path / "out" / "checkpoint-1")))
+    assert logged_steps(tmp_path / "out") == [1, 2, 3]  # not [1, 2, 3, 2, 3]

@@ -166,7 +166,8 @@ def setup(cfg: TrainConfig) -> Run:
         if not cfg.quiet:
             _print_plan(run, source=source, params=params, warmup=warmup, precision=precision,
                         resume_dir=resume_dir)
-    run.log = MetricsLog(run.output_dir, info.is_main, cfg.report_to, run.training_args)
+    run.log = MetricsLog(run.output_dir, info.is_main, cfg.report_to, run.training_args,
+                         start_step=run.state.step)
     run.bar = tqdm(total=total_steps, initial=run.state.step, desc="training", unit="step",
                    disable=not info.is_main or cfg.quiet, dynamic_ncols=True)
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from chatbot.distributed import all_reduce_sum
+from chatbot.fileio import atomic_write_text
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -75,21 +77,27 @@ class MetricsLog:
     """metrics.jsonl on rank 0, plus TensorBoard events or a Weights & Biases run when asked for."""
 
     def __init__(self, output_dir: Path, enabled: bool, report_to: str = "none",
-                 run_config: dict | None = None):
-        """Open the log.
+                 run_config: dict | None = None, start_step: int = 0):
+        """Open the log, dropping what a previous run logged past `start_step`.
 
         Args:
             report_to: "none", "tensorboard" (events in output_dir/runs) or "wandb".
             run_config: the run's settings, recorded by wandb.
+            start_step: the step this run starts from (a resumed checkpoint's, else 0): it logs the
+                steps after it again, so the old rows of those steps would be duplicates.
         """
         self.enabled, self.report_to, self.board = enabled, report_to, None
         if not enabled:
             return
+        drop_rows_after(output_dir / "metrics.jsonl", start_step)
         self.file = open(output_dir / "metrics.jsonl", "a", encoding="utf-8")
         if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self.board = SummaryWriter(str(output_dir / "runs"))
+            # TensorBoard hides the events of a step >= purge_step written before this START marker;
+            # without it, it shows both runs' values of the steps logged again (torch's event files
+            # are version 2, for which it never purges by step order alone).
+            self.board = SummaryWriter(str(output_dir / "runs"), purge_step=start_step + 1)
         elif report_to == "wandb":
             import wandb
 
@@ -114,3 +122,36 @@ class MetricsLog:
                 self.board.finish()
             elif self.board is not None:
                 self.board.close()
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Rewrite metrics file `path` without its rows past `step`, saying how many went.
+
+    The file is replaced atomically (a kill leaves the old one or the new one) and only when a row goes.
+    An unterminated last line is a row a kill cut short, past any checkpoint: dropped too. A line that
+    is not a row of ours is kept, and so is a file that is not UTF-8 text.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except UnicodeDecodeError as e:
+        print(f"warning: {path} is not UTF-8 text ({e.reason}), so it is left as it is: it may repeat "
+              f"the steps after {step}", file=sys.stderr)
+        return
+    # Not splitlines(): json.dumps(ensure_ascii=False) leaves U+2028 and friends inside a row's strings.
+    *lines, torn = text.split("\n")
+    kept = [line for line in lines if not _past(line, step)]
+    dropped = len(lines) - len(kept) + bool(torn)
+    if dropped:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        print(f"dropped {dropped} row{'s' * (dropped != 1)} past step {step} from {path}: this run writes "
+              "those steps again", file=sys.stderr)
+
+
+def _past(line: str, step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step
