@@ -354,3 +354,36 @@ def test_sigkill_during_saves_short(corpus, model_config, vocab_file, tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_saves_20_times(corpus, model_config, vocab_file, tmp_path):
     _kill_and_resume(corpus, model_config, vocab_file, tmp_path / "out", kills=20, seed=1)
+
+
+# --- a file of the user's beside a run ---------------------------------------------------------------
+
+def test_a_foreign_file_beside_a_run_never_blocks_resume_and_is_never_deleted(trained, corpus, model_config,
+                                                                               vocab_file, capsys):
+    (trained / "notes.txt").write_text("precious")
+    resume = train_args(corpus, model_config, vocab_file, trained, "--max-steps", "4", "--resume", "auto")
+    assert train_main(resume) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert (trained / "checkpoint-4").is_dir() and (trained / "notes.txt").read_text() == "precious"
+    assert train_main(train_args(corpus, model_config, vocab_file, trained, "--max-steps", "1")) == 2
+    assert "already holds a training output; pass --resume auto" in one_error(capsys)
+    assert train_main(train_args(corpus, model_config, vocab_file, trained, "--max-steps", "1",
+                                 "--overwrite")) == 0
+    assert f"kept {trained / 'notes.txt'}: training did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in trained.iterdir()) == ["checkpoint-1", "final", "metrics.jsonl", "notes.txt"]
+    assert (trained / "notes.txt").read_text() == "precious"
+
+
+def test_a_folder_without_a_checkpoint_is_refused_naming_the_foreign_file(corpus, model_config, vocab_file,
+                                                                          tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (out / "notes.txt").write_text("precious")
+    before = snapshot(tmp_path)
+    assert train_main(train_args(corpus, model_config, vocab_file, out, "--resume", "auto")) == 2
+    assert one_error(capsys) == (
+        f"error: --output-dir {out} holds notes.txt, which training does not write, and no checkpoint: it is "
+        "not a previous training run, and nothing in it is replaced. Move notes.txt elsewhere, or name a "
+        "new or empty folder.")
+    assert snapshot(tmp_path) == before
