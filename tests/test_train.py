@@ -209,7 +209,8 @@ def rows(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_drops_the_metrics_rows_past_its_checkpoint(corpus, model_config, vocab_file, tmp_path, capsys):
+def test_resume_drops_the_metrics_rows_past_its_checkpoint(corpus, model_config, vocab_file, tmp_path,
+                                                           capsys):
     out = tmp_path / "out"
     run(corpus, model_config, vocab_file, out, max_steps=4, save_steps=2, save_total_limit=0)
     first = losses(out)

@@ -1,13 +1,16 @@
-"""What a training run reports while it runs: metrics since the last row, metrics files, and stop
-requests from signals."""
+"""What a training run reports while it runs: metrics since the last row, metrics files, stop
+requests from signals, and a terminal that may go away (`chatbot-train 2>&1 | tee log`, then Ctrl-C)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +44,65 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def survive_closed_output() -> Iterator[None]:
+    """Within the block, writing to a stdout or stderr whose reader is gone drops the text instead of raising.
+
+    Ctrl-C on `chatbot-train 2>&1 | tee train.log` kills tee too, and the next progress bar, print or
+    table the run writes fails with BrokenPipeError (Python ignores SIGPIPE): raised inside a step, it
+    would end the run before StopRequest's checkpoint. Both streams are flushed on the way out, so that
+    the interpreter's own flush at exit finds nothing to fail on (it would print "Exception ignored" and
+    turn the exit code into 120).
+    """
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_DropWhenClosed(s) if s is not None else None for s in saved)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        sys.stdout, sys.stderr = saved
+
+
+class _DropWhenClosed:
+    """A text stream that stops writing, instead of raising, once nobody reads the pipe it feeds."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _silence(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _silence(self._stream)
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ... as the stream has them (tqdm, rich)
+        return getattr(self._stream, name)
+
+
+def _silence(stream) -> None:
+    """Point `stream`'s file descriptor at the null device, as Python's notes on SIGPIPE advise.
+
+    What it still buffers, and all that is written to it later, then goes nowhere instead of failing
+    again. A stream with no descriptor (a test's capture) is left as it is.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 @dataclass
