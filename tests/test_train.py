@@ -222,6 +222,7 @@ def test_resume_drops_the_metrics_rows_past_its_checkpoint(corpus, model_config,
                                        "this run writes those steps again\n")
     assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
     assert losses(out) == pytest.approx(first, rel=1e-5, abs=1e-6)
+    (out / ".metrics.jsonl.tmp").write_text('{"step": 1, "loss"')  # a rewrite a SIGKILL cut short
     run(corpus, model_config, vocab_file, out, max_steps=5, resume="auto")  # from the newest: nothing to drop
     assert capsys.readouterr().err == ""
     assert [r["step"] for r in rows(out)] == [1, 2, 3, 4, 5]
