@@ -37,7 +37,7 @@ def run_command(fn: Callable[[], int | None], debug: bool = False) -> int:
     try:
         return fn() or 0
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _tell("interrupted")
         return 130
     except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError, ... are OSErrors
         failure, code = e, EXIT_USAGE
@@ -49,8 +49,22 @@ def run_command(fn: Callable[[], int | None], debug: bool = False) -> int:
                    "This is a bug in chatbot: re-run with --debug for the traceback and report it")
     if debug:
         traceback.print_exception(failure)
-    print(f"error: {message}", file=sys.stderr)
+    _tell(f"error: {message}")
     return code
+
+
+def _tell(line: str) -> None:
+    """Print `line` on stderr; when nobody reads it any more (`2>&1 | tee` after Ctrl-C), drop it.
+
+    stderr then points at the null device: left holding the line, it would fail again when the
+    interpreter flushes it at exit, which prints "Exception ignored" and makes the exit code 120.
+    """
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stderr.fileno())
+        os.close(devnull)
 
 
 def describe_os_error(e: OSError) -> str:

@@ -368,8 +368,9 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint(trained, corpus, model_co
     assert f"warning: skipping {trained / 'checkpoint-3'}: model.safetensors is damaged" in err
     assert f"cleaned {trained / '.best.old'}" in err
     assert not [p for p in trained.iterdir() if p.name.startswith(".")]
+    assert f"dropped 1 row past step 2 from {trained / 'metrics.jsonl'}" in err  # resumed from checkpoint-2
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r][-2:] == [3, 4]  # resumed from checkpoint-2
+    assert [r["step"] for r in rows if "loss" in r] == [4]
 
 
 def test_disk_full_during_a_save_names_the_folder(corpus, model_config, vocab_file, tmp_path, capsys,
@@ -434,3 +435,86 @@ def test_sigkill_during_saves_short(corpus, model_config, vocab_file, tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_saves_20_times(corpus, model_config, vocab_file, tmp_path):
     _kill_and_resume(corpus, model_config, vocab_file, tmp_path / "out", kills=20, seed=1)
+
+
+# --- a file of the user's beside a run ---------------------------------------------------------------
+
+def test_a_foreign_file_beside_a_run_never_blocks_resume_and_is_never_deleted(trained, corpus, model_config,
+                                                                               vocab_file, capsys):
+    (trained / "notes.txt").write_text("precious")
+    resume = train_args(corpus, model_config, vocab_file, trained, "--max-steps", "4", "--resume", "auto")
+    assert train_main(resume) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert (trained / "checkpoint-4").is_dir() and (trained / "notes.txt").read_text() == "precious"
+    assert train_main(train_args(corpus, model_config, vocab_file, trained, "--max-steps", "1")) == 2
+    assert "already holds a training output; pass --resume auto" in one_error(capsys)
+    assert train_main(train_args(corpus, model_config, vocab_file, trained, "--max-steps", "1",
+                                 "--overwrite")) == 0
+    assert f"kept {trained / 'notes.txt'}: training did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in trained.iterdir()) == ["checkpoint-1", "final", "metrics.jsonl",
+                                                         "notes.txt"]
+    assert (trained / "notes.txt").read_text() == "precious"
+
+
+def test_a_folder_without_a_checkpoint_is_refused_naming_the_foreign_file(corpus, model_config, vocab_file,
+                                                                          tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (out / "notes.txt").write_text("precious")
+    before = snapshot(tmp_path)
+    assert train_main(train_args(corpus, model_config, vocab_file, out, "--resume", "auto")) == 2
+    assert one_error(capsys) == (
+        f"error: --output-dir {out} holds notes.txt, which training does not write, and no checkpoint: it is "
+        "not a previous training run, and nothing in it is replaced. Move notes.txt elsewhere, or name a "
+        "new or empty folder.")
+    assert snapshot(tmp_path) == before
+
+
+# --- Ctrl-C on `chatbot-train 2>&1 | tee train.log` ----------------------------------------------------
+
+@pytest.mark.parametrize("stderr_too", [True, False], ids=["2>&1 | tee", "| tee"])
+def test_ctrl_c_through_a_pipe_saves_then_exits_130(corpus, model_config, vocab_file, tmp_path, stderr_too):
+    """Ctrl-C reaches the whole pipeline: the reader dies with it, and every later write of the trainer to
+    the pipe fails (EPIPE). The checkpoint comes first, then the message on stderr while it still reads."""
+    out, err_file = tmp_path / "out", tmp_path / "stderr.txt"
+    args = ["--train", str(corpus), "--config", str(model_config), "--vocab", str(vocab_file), "--output-dir",
+            str(out), "--batch-size", "4", "--epochs", "100000", "--log-steps", "1"]  # not --quiet: a bar
+    code = "import sys; from chatbot.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
+    root = Path(__file__).resolve().parents[1]
+    with err_file.open("w") as err:
+        trainer = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT if stderr_too else err, process_group=0,
+                                   env=dict(os.environ, PYTHONPATH=str(root)))
+    # `cat` stands for tee: it reads the pipe and, in the trainer's process group (a shell's job), dies of
+    # SIGINT. The group is not this test's, so the Ctrl-C below reaches only the two.
+    reader = subprocess.Popen(["cat"], stdin=trainer.stdout, stdout=subprocess.DEVNULL,
+                              process_group=trainer.pid)
+    trainer.stdout.close()  # the reader must be the pipe's only one, as in a shell
+    deadline = time.time() + 120
+    while _steps_logged(out) < 1 and trainer.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(trainer.pid, signal.SIGINT)
+    assert reader.wait(60) == -signal.SIGINT
+    assert trainer.wait(120) == 130, err_file.read_text()
+    step = _steps_logged(out)
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert checkpoints[-1] == step and (out / f"checkpoint-{step}" / STATE_FILE).is_file()
+    said = err_file.read_text()
+    assert "Traceback" not in said and "Exception ignored" not in said
+    if not stderr_too:
+        assert f"stopped at step {step}; checkpoint saved. Resume with the same command plus --resume auto" \
+            in said
+
+
+def test_an_error_line_for_a_dead_pipe_is_dropped_and_exit_code_kept(monkeypatch):
+    from chatbot.cli import run_command
+
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    monkeypatch.setattr(sys, "stderr", open(write_fd, "w"))
+
+    def refused():
+        raise ValueError("--output-dir out already holds a training output")
+    assert run_command(refused) == 2
+    assert os.path.samestat(os.fstat(write_fd), os.stat(os.devnull))  # interpreter exit flushes nothing

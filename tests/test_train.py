@@ -203,3 +203,27 @@ def test_train_reports_the_unk_rate_and_warns_when_high(model_config, vocab_file
     # 4 x (8 + 11) tokens with [CLS] and [SEP]s; 妳 謝 氣 (4 + 3 per pair) are not in the tiny vocabulary.
     assert f"[UNK] rate of {corpus}: 36.8% (28 of 76 tokens)" in err
     assert "warning: 36.8% of the tokens are [UNK] (more than 2%)" in err and "--vocab-out" in err
+
+
+def rows(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_drops_the_metrics_rows_past_its_checkpoint(corpus, model_config, vocab_file, tmp_path,
+                                                           capsys):
+    out = tmp_path / "out"
+    run(corpus, model_config, vocab_file, out, max_steps=4, save_steps=2, save_total_limit=0)
+    first = losses(out)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "lo')  # the row a SIGKILL cut short
+    capsys.readouterr()
+    run(corpus, model_config, vocab_file, out, max_steps=4, save_steps=2, resume=str(out / "checkpoint-2"))
+    assert capsys.readouterr().err == (f"dropped 3 rows past step 2 from {out / 'metrics.jsonl'}: "
+                                       "this run writes those steps again\n")
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
+    assert losses(out) == pytest.approx(first, rel=1e-5, abs=1e-6)
+    (out / ".metrics.jsonl.tmp").write_text('{"step": 1, "loss"')  # a rewrite a SIGKILL cut short
+    run(corpus, model_config, vocab_file, out, max_steps=5, resume="auto")  # from the newest: nothing to drop
+    assert capsys.readouterr().err == ""
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4, 5]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

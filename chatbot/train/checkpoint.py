@@ -307,20 +307,38 @@ def is_training_name(name: str) -> bool:
     return name in _RUN_FILES or _CHECKPOINT.fullmatch(name) is not None
 
 
+def _foreign_entries(folder: Path) -> list[str]:
+    """What in `folder` a training run never writes: the user's files, which nothing here touches."""
+    return sorted(entry.name for entry in folder.iterdir() if not is_training_name(entry.name))
+
+
 def _is_training_output(folder: Path) -> bool:
-    return all(is_training_name(entry.name) for entry in folder.iterdir())
+    """A previous run: it holds a checkpoint of ours, or nothing but names a run writes.
+
+    A checkpoint (`checkpoint-N/trainer_state.pt`) is what marks a run; the user's own files beside one
+    (notes, a plot) do not stop it being continued or replaced, and are never touched. Without one, the
+    names alone must all be ours: `runs/` or `metrics.jsonl` could be another tool's.
+    """
+    return bool(list_checkpoints(folder)) or not _foreign_entries(folder)
 
 
 def prepare_output_dir(output_dir: str | Path, *, resume: str | None, overwrite: bool, is_main: bool) -> Path:
     """Check --output-dir before any work: new, empty, or a previous training output (continued with
     --resume, replaced with --overwrite). On the main process, clean what a killed save left and,
-    with --overwrite, remove the previous run's entries (only those).
+    with --overwrite, remove the previous run's entries (only those: the user's files stay).
 
     Raises:
         ValueError: for a file, a folder holding anything else, or a previous output without a flag.
         OSError: if it is not writable.
     """
     path = Path(output_dir)
+    foreign = _foreign_entries(path) if path.is_dir() else []
+    if foreign and not _is_training_output(path) and len(foreign) < len(list(path.iterdir())):
+        # Part ours by name, but no checkpoint: check_output_dir would list our names among the user's.
+        listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ValueError(f"--output-dir {output_dir} holds {listed}, which training does not write, and no "
+                         "checkpoint: it is not a previous training run, and nothing in it is replaced. "
+                         f"Move {listed} elsewhere, or name a new or empty folder.")
     path = check_output_dir(path, is_ours=_is_training_output, overwrite=overwrite or resume is not None,
                             what="training output", flag="--output-dir",
                             how_to_replace="pass --resume auto to continue it or --overwrite to start afresh")
@@ -329,4 +347,7 @@ def prepare_output_dir(output_dir: str | Path, *, resume: str | None, overwrite:
             print(f"cleaned {path / name}, left by a run killed while saving", file=sys.stderr)
         if overwrite:
             clear_outputs(path, is_training_name)
+            for name in foreign:
+                print(f"kept {path / name}: training did not write it, so --overwrite leaves it",
+                      file=sys.stderr)
     return Path(output_dir)

@@ -9,6 +9,7 @@ publishes the final model.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -51,7 +52,7 @@ from chatbot.train.checkpoint import (
     trainer_state,
     warn_changed_args,
 )
-from chatbot.train.monitor import EXIT_SIGNAL, MetricsLog, StopRequest, Window
+from chatbot.train.monitor import EXIT_SIGNAL, MetricsLog, StopRequest, Window, survive_closed_output
 from chatbot.train.optim import apply_freeze, make_optimizer, make_scheduler
 
 
@@ -108,9 +109,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run a whole training job as configured; see `chatbot-train --help`."""
     run = None
     try:
-        run = setup(cfg)
-        fit(run)
-        return finish(run)
+        with survive_closed_output():  # a dead `| tee` must not cost the checkpoint a Ctrl-C asks for
+            run = setup(cfg)
+            fit(run)
+            return finish(run)
     finally:
         # The DDP wrapper's reducer holds the process group: freed after destroy_process_group,
         # gloo's destructor can wait forever on a peer that has already left. An exception's
@@ -166,7 +168,8 @@ def setup(cfg: TrainConfig) -> Run:
         if not cfg.quiet:
             _print_plan(run, source=source, params=params, warmup=warmup, precision=precision,
                         resume_dir=resume_dir)
-    run.log = MetricsLog(run.output_dir, info.is_main, cfg.report_to, run.training_args)
+    run.log = MetricsLog(run.output_dir, info.is_main, cfg.report_to, run.training_args,
+                         start_step=run.state.step)
     run.bar = tqdm(total=total_steps, initial=run.state.step, desc="training", unit="step",
                    disable=not info.is_main or cfg.quiet, dynamic_ncols=True)
     return run
@@ -378,9 +381,10 @@ def finish(run: Run) -> TrainResult:
     run.bar.close()
     if run.exit_code:
         run.log.close()
-        if info.is_main:
+        if info.is_main:  # on stderr, which `| tee` leaves on the terminal; said after the save
             print(f"stopped at step {st.step}; checkpoint saved. Resume with the same command plus "
-                  f"--resume auto (or --resume {run.output_dir / ('checkpoint-' + str(st.step))})")
+                  f"--resume auto (or --resume {run.output_dir / ('checkpoint-' + str(st.step))})",
+                  file=sys.stderr)
         return TrainResult(st.step, run.exit_code, None, run.output_dir, run.raw_model)
     if run.valid_set is not None and run.evaluated_step != st.step:
         validate(run)  # stopped mid-epoch by --max-steps: the final model still gets a score
