@@ -16,6 +16,7 @@ from chatbot.generate.mmi import backward_input, score_replies
 from chatbot.generate.prompt import fit_turns
 from chatbot.layout import join_turns, speaker_type_ids
 from chatbot.model.modeling import save_model
+from chatbot.tokenization import encode_texts
 from tests.conftest import tiny_config
 
 CLS, SEP, SPK1, SPK2 = 2, 3, 5, 6
@@ -99,6 +100,14 @@ def test_a_huge_message_is_cut_with_a_notice_not_a_crash(bot, caplog):
         reply = bot.reply("你好吗" * 5000, history=["谢谢"] * 50, seed=0)
     assert isinstance(reply, str)
     assert "only its last" in caplog.text
+
+
+def test_a_lone_surrogate_is_read_as_the_replacement_character(bot):
+    # "\ud83d" is half of an emoji's UTF-16 pair: what a message cut by UTF-16 length ends with.
+    # BERT's normalizer drops U+FFFD, so 你\ufffd好 reads as 你好.
+    assert encode_texts(bot.tokenizer, ["你\ud83d好", "\udcff"]) == [[7, 8], []]
+    reply = bot.reply("你\ud83d好", history=["\udcff谢谢"], seed=1)
+    assert reply == bot.reply("你\ufffd好", history=["\ufffd谢谢"], seed=1) and reply
 
 
 def test_speaker_ids_from_training_args_reach_the_model(tmp_path, tiny_model, tokenizer):

@@ -136,6 +136,17 @@ def test_400_names_the_bad_parameter(client, options, param):
     assert e.value.status_code == 400 and e.value.param == param, e.value.message
 
 
+def test_a_lone_surrogate_in_a_message_is_read_as_the_replacement_character(client, url):
+    # "\ud83d" is half of an emoji's UTF-16 pair: what a client that cut a message by UTF-16 length sends.
+    body = '{"model": "tiny", "seed": 3, "messages": [{"role": "user", "content": "今天\\ud83d天气"}]}'
+    response = httpx.post(f"{url}/v1/chat/completions", content=body,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    expected = client.chat.completions.create(model="tiny", seed=3, messages=[
+        {"role": "user", "content": "今天\ufffd天气"}]).choices[0].message.content
+    assert response.json()["choices"][0]["message"]["content"] == expected
+
+
 def test_404_for_another_model_or_path(client, url):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "你好"}])
