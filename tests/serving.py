@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -71,3 +72,21 @@ def wait_for(condition, what: str, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout} s for {what}")
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def logged_tracebacks():
+    """Collect the records logged with a traceback meanwhile, by the app (through the root logger)
+    or by uvicorn (whose logger does not propagate). Enter it after starting servers: uvicorn's
+    logging set-up drops the handlers of its loggers."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record) if record.exc_info else None
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

@@ -1,5 +1,6 @@
 import io
 import logging
+import re
 import runpy
 import sys
 import threading
@@ -143,6 +144,14 @@ def test_bad_per_call_option_names_itself(bot):
         bot.reply("你好", top_p=2)
     with pytest.raises(ValueError, match=r"max_new_tokens \(--max-len\) must be <= 29 for this model"):
         bot.reply("你好", max_new_tokens=40)
+
+
+@pytest.mark.parametrize("seed", [2**70, 2**64, -1, True, 1.5])
+def test_a_seed_torch_cannot_take_is_refused_by_name(bot, seed):
+    with pytest.raises(ValueError, match=rf"^seed must be an integer in \[0, 2\*\*64\) \(what torch's generator "
+                                         rf"takes\), got {re.escape(repr(seed))}$"):
+        bot.reply("你好", history=[], seed=seed)
+    assert bot.reply("你好", history=[], seed=2**64 - 1)  # the largest seed there is
 
 
 def test_missing_or_incomplete_model_folder_says_what_and_how(tmp_path, tiny_model_dir):

@@ -30,7 +30,15 @@ from starlette.exceptions import HTTPException
 from chatbot.bot import ChatBot
 from chatbot.generate.detokenize import ReplyText
 from chatbot.serve.engine import Engine, Job, QueueFull
-from chatbot.serve.protocol import ApiError, ChatRequest, ReplyHead, parse_request, split_messages, usage
+from chatbot.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    ReplyHead,
+    decode_body,
+    parse_request,
+    split_messages,
+    usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +181,8 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         _authorize(request, settings.api_key)
-        body = await _read_json(request, settings.max_body_bytes)
-        chat = parse_request(body, max_message_chars=settings.max_message_chars)
+        body = await _read_body(request, settings.max_body_bytes)
+        chat = parse_request(decode_body(body), max_message_chars=settings.max_message_chars)
         bot, engine = state.ready()
         job = _make_job(bot, chat, settings)
         try:
@@ -208,8 +216,8 @@ def _check_model(model_id: str, served: str) -> None:
                        param="model", code="model_not_found")
 
 
-async def _read_json(request: Request, limit: int) -> object:
-    """The JSON body, read at most `limit` bytes far (413 beyond, 400 if it is not JSON)."""
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read at most `limit` bytes far (413 beyond)."""
     too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)",
                        code="request_too_large")
     length = request.headers.get("content-length", "")
@@ -220,10 +228,7 @@ async def _read_json(request: Request, limit: int) -> object:
         body += piece
         if len(body) > limit:
             raise too_big
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    return bytes(body)
 
 
 def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:
