@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -257,7 +258,7 @@ class ServeConfig:
                     metavar="HOST")
     port: int = opt(8000, "port to listen on (0 = any free port)", parse=port_number)
     api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: "
-                                    "$CHATBOT_API_KEY if set, else no key)", metavar="KEY")
+                                    "$CHATBOT_API_KEY if set, else no key; an empty one is refused)", metavar="KEY")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
     dtype: str = opt("auto", "weights, as chatbot-chat's --dtype: auto, fp32, bf16 or int8", choices=DTYPES)
     max_batch: int = opt(16, "replies decoded together in one batch", parse=positive_int)
@@ -268,3 +269,24 @@ class ServeConfig:
     cors_origin: list[str] = opt([], "let pages from ORIGIN (e.g. https://example.com) call the API; "
                                      "repeatable (default: none, CORS off)", metavar="ORIGIN")
     max_history: int = opt(MAX_HISTORY, "turns the model sees, the new message included", parse=positive_int)
+
+    def api_key_in(self, environ: Mapping[str, str]) -> str | None:
+        """The key the API requires: --api-key, else $CHATBOT_API_KEY from `environ`, else None (no key).
+
+        Raises:
+            ValueError: for an empty key (an unset variable in `--api-key "$KEY"` must not open the
+                server to all), or one an Authorization header cannot carry.
+        """
+        for name, key in (("--api-key", self.api_key), ("CHATBOT_API_KEY", environ.get("CHATBOT_API_KEY"))):
+            if key is None:
+                continue
+            if not key.strip():
+                raise ValueError(f"{name} is empty, which would serve the API without a key (was the variable "
+                                 f"holding the key unset?); give a key, e.g. from `openssl rand -hex 16`, or "
+                                 f"{'leave out --api-key' if name == '--api-key' else 'unset CHATBOT_API_KEY'} "
+                                 "to serve without one")
+            if not re.fullmatch(r"[\x21-\x7e]+", key):
+                raise ValueError(f"{name} must be printable ASCII without spaces, which is what an "
+                                 "Authorization header carries; the key given has other characters")
+            return key
+        return None

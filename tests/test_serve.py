@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from chatbot.cli import serve_main
+from chatbot.config import ServeConfig
 from chatbot.serve.app import create_app
 from tests.serving import running_server, serve, settings, tiny_bot, wait_for
 
@@ -236,6 +237,30 @@ def test_cli_help_and_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         serve_main(["--port", "70000"])
     assert e.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, environ, message", [
+    (["--api-key", ""], {}, "--api-key is empty, which would serve the API without a key"),
+    (["--api-key", " "], {"CHATBOT_API_KEY": "k"}, "--api-key is empty"),
+    ([], {"CHATBOT_API_KEY": ""}, "CHATBOT_API_KEY is empty, which would serve the API without a key"),
+    (["--api-key", "钥匙"], {}, "--api-key must be printable ASCII without spaces"),
+    (["--api-key", "a key"], {}, "--api-key must be printable ASCII without spaces"),
+])
+def test_cli_refuses_an_empty_or_unsendable_api_key_before_loading(argv, environ, message, tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.delenv("CHATBOT_API_KEY", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as e:
+        serve_main(["--model", str(tmp_path / "none"), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "model folder" not in err
+
+
+def test_the_api_key_is_the_flag_else_the_environment_else_none():
+    assert ServeConfig(api_key="flag").api_key_in({"CHATBOT_API_KEY": "env"}) == "flag"
+    assert ServeConfig().api_key_in({"CHATBOT_API_KEY": "env"}) == "env"
+    assert ServeConfig().api_key_in({}) is None
 
 
 def test_cli_names_a_missing_model_folder(tmp_path, capsys):
