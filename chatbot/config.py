@@ -22,6 +22,8 @@ from chatbot.layout import LOSS_ON, MAX_HISTORY, SPEAKER_TOKENS
 from chatbot.options import DTYPES
 from chatbot.resources import SAMPLE_TRAIN, SAMPLE_VALID, VOCAB
 
+# Host header names chatbot-serve always answers to: this machine's own.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
 
 
@@ -268,7 +270,26 @@ class ServeConfig:
     max_message_chars: int = opt(8000, "longer messages get HTTP 400", parse=positive_int)
     cors_origin: list[str] = opt([], "let pages from ORIGIN (e.g. https://example.com) call the API; "
                                      "repeatable (default: none, CORS off)", metavar="ORIGIN")
+    allowed_host: list[str] = opt([], "also answer requests addressed to HOST (a name or address as clients "
+                                      "write it in the URL: chat.example.com, 192.168.1.5, [fe80::1]; * for "
+                                      "any); repeatable (default: 127.0.0.1, localhost, [::1] and the --host "
+                                      "address; requests to any other name get HTTP 400)", metavar="HOST")
     max_history: int = opt(MAX_HISTORY, "turns the model sees, the new message included", parse=positive_int)
+
+    def __post_init__(self):
+        for host in self.allowed_host:
+            if host != "*" and not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
+                raise ValueError(f"--allowed-host must be a host name or address as it appears in a URL, without "
+                                 f"scheme or port (chat.example.com, 192.168.1.5, [fe80::1]), or * for any; "
+                                 f"got {host!r}")
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """The names a request's Host header may give (lowercase, without port): the loopback names,
+        --host when it is one address, and --allowed-host; ("*",) for any."""
+        if "*" in self.allowed_host:
+            return ("*",)
+        bound = () if self.host in ("0.0.0.0", "::") else (f"[{self.host}]" if ":" in self.host else self.host,)
+        return tuple(dict.fromkeys(h.lower() for h in (*LOOPBACK_HOSTS, *bound, *self.allowed_host)))
 
     def api_key_in(self, environ: Mapping[str, str]) -> str | None:
         """The key the API requires: --api-key, else $CHATBOT_API_KEY from `environ`, else None (no key).

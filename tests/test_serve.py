@@ -157,7 +157,8 @@ def test_404_for_another_model_or_path(client, url):
 
 def test_413_for_an_oversized_body(url):
     body = json.dumps({"messages": [{"role": "user", "content": "好" * 5000}]})
-    response = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"Authorization": f"Bearer {KEY}"})
+    response = httpx.post(f"{url}/v1/chat/completions", content=body,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
 
 

@@ -25,9 +25,12 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatbot.bot import ChatBot
+from chatbot.config import LOOPBACK_HOSTS
 from chatbot.generate.detokenize import ReplyText
 from chatbot.serve.engine import Engine, Job, QueueFull
 from chatbot.serve.protocol import (
@@ -58,6 +61,7 @@ class ServeSettings:
     max_message_chars: int  # longer messages get 400
     api_key: str | None = None  # required as `Authorization: Bearer KEY` on /v1/* when set
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (none: CORS off)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered, without port ("*": any)
 
 
 class _State:
@@ -109,9 +113,42 @@ def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    if "*" not in settings.allowed_hosts:  # added last, so it runs first
+        app.add_middleware(_HostCheck, allowed=settings.allowed_hosts)
     _add_error_handlers(app)
     _add_routes(app, state, settings)
     return app
+
+
+class _HostCheck:
+    """Answers 400 to a request whose Host header names a host not in `allowed`.
+
+    A page on another site can point its own name at 127.0.0.1 (DNS rebinding): the browser then
+    sends it our replies as same-origin. Its requests still carry its name in Host, so they stop here.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            if _host_name(host) not in self.allowed:
+                error = ApiError(400, f"this server does not answer to the host {host!r}; to serve requests "
+                                      "addressed to it, start chatbot-serve with --allowed-host NAME",
+                                 code="invalid_host")
+                await JSONResponse(error.body, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, lowercase and without port: 'Example.com:8000' -> 'example.com',
+    '[::1]:8000' -> '[::1]'."""
+    host = host.lower()
+    if host.startswith("[") and "]" in host:
+        return host[:host.index("]") + 1]
+    return host.partition(":")[0]
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -181,6 +218,7 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         _authorize(request, settings.api_key)
+        _check_json_type(request)
         body = await _read_body(request, settings.max_body_bytes)
         chat = parse_request(decode_body(body), max_message_chars=settings.max_message_chars)
         bot, engine = state.ready()
@@ -207,6 +245,15 @@ def _authorize(request: Request, api_key: str | None) -> None:
     if not hmac.compare_digest(given.encode(), api_key.encode()):
         raise ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer KEY`",
                        code="invalid_api_key")
+
+
+def _check_json_type(request: Request) -> None:
+    """415 unless the body is declared JSON: a page on another site can post text/plain or a form
+    here without the browser asking first (CORS preflight), but not application/json."""
+    given = request.headers.get("content-type")
+    if (given or "").partition(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "send the request body as JSON with the header `Content-Type: application/json` "
+                            f"(got {'none' if given is None else repr(given)})", code="unsupported_media_type")
 
 
 def _check_model(model_id: str, served: str) -> None:

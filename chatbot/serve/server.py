@@ -23,7 +23,9 @@ def run_server(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) 
     settings = ServeSettings(cfg.served_model_name or cfg.model, max_batch=cfg.max_batch,
                              max_concurrent=cfg.max_concurrent, max_body_bytes=cfg.max_body_bytes,
                              max_message_chars=cfg.max_message_chars, api_key=api_key,
-                             cors_origins=tuple(cfg.cors_origin))
+                             cors_origins=tuple(cfg.cors_origin), allowed_hosts=cfg.allowed_hosts())
+    logging.getLogger(__name__).info("answering requests addressed to %s (--allowed-host adds a name)",
+                                     ", ".join(settings.allowed_hosts))
     failures: list[Exception] = []
 
     def load_failed(error: Exception) -> None:
