@@ -260,7 +260,8 @@ class ServeConfig:
                     metavar="HOST")
     port: int = opt(8000, "port to listen on (0 = any free port)", parse=port_number)
     api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: "
-                                    "$CHATBOT_API_KEY if set, else no key; an empty one is refused)", metavar="KEY")
+                                    "$CHATBOT_API_KEY if set, else no key; an empty one is refused)",
+                                metavar="KEY")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
     dtype: str = opt("auto", "weights, as chatbot-chat's --dtype: auto, fp32, bf16 or int8", choices=DTYPES)
     max_batch: int = opt(16, "replies decoded together in one batch", parse=positive_int)
@@ -279,16 +280,18 @@ class ServeConfig:
     def __post_init__(self):
         for host in self.allowed_host:
             if host != "*" and not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
-                raise ValueError(f"--allowed-host must be a host name or address as it appears in a URL, without "
-                                 f"scheme or port (chat.example.com, 192.168.1.5, [fe80::1]), or * for any; "
-                                 f"got {host!r}")
+                raise ValueError(f"--allowed-host must be a host name or address as it appears in a URL, "
+                                 f"without scheme or port (chat.example.com, 192.168.1.5, [fe80::1]), or * "
+                                 f"for any; got {host!r}")
 
     def allowed_hosts(self) -> tuple[str, ...]:
         """The names a request's Host header may give (lowercase, without port): the loopback names,
         --host when it is one address, and --allowed-host; ("*",) for any."""
         if "*" in self.allowed_host:
             return ("*",)
-        bound = () if self.host in ("0.0.0.0", "::") else (f"[{self.host}]" if ":" in self.host else self.host,)
+        bound = (f"[{self.host}]" if ":" in self.host else self.host,)
+        if self.host in ("0.0.0.0", "::"):  # every address: no one name
+            bound = ()
         return tuple(dict.fromkeys(h.lower() for h in (*LOOPBACK_HOSTS, *bound, *self.allowed_host)))
 
     def api_key_in(self, environ: Mapping[str, str]) -> str | None:
@@ -302,10 +305,10 @@ class ServeConfig:
             if key is None:
                 continue
             if not key.strip():
-                raise ValueError(f"{name} is empty, which would serve the API without a key (was the variable "
-                                 f"holding the key unset?); give a key, e.g. from `openssl rand -hex 16`, or "
-                                 f"{'leave out --api-key' if name == '--api-key' else 'unset CHATBOT_API_KEY'} "
-                                 "to serve without one")
+                without = "leave out --api-key" if name == "--api-key" else "unset CHATBOT_API_KEY"
+                raise ValueError(f"{name} is empty, which would serve the API without a key (was the "
+                                 "variable holding the key unset?); give a key, e.g. from `openssl rand "
+                                 f"-hex 16`, or {without} to serve without one")
             if not re.fullmatch(r"[\x21-\x7e]+", key):
                 raise ValueError(f"{name} must be printable ASCII without spaces, which is what an "
                                  "Authorization header carries; the key given has other characters")

@@ -65,7 +65,8 @@ def check_seed(seed: object) -> None:
         ValueError: naming the seed and the allowed range.
     """
     if not (_is_int(seed) and 0 <= seed < 2**64):
-        raise ValueError(f"seed must be an integer in [0, 2**64) (what torch's generator takes), got {seed!r}")
+        raise ValueError(f"seed must be an integer in [0, 2**64) (what torch's generator takes), "
+                         f"got {seed!r}")
 
 
 def option_parser(name: str, kind: type) -> Callable[[str], int | float]:
@@ -88,7 +89,8 @@ class SamplingOptions:
     """How replies are sampled: one set for chatbot-chat, chatbot-eval and chatbot-serve."""
 
     temperature: float = opt(1.0, "sampling temperature: divides the logits; "
-                                  "0 = always the most likely token", parse=option_parser("temperature", float), metavar="T")
+                                  "0 = always the most likely token",
+                             parse=option_parser("temperature", float), metavar="T")
     top_k: int = opt(8, "sample among the k most likely tokens; 0 = all", parse=option_parser("top_k", int),
                      metavar="K")
     top_p: float = opt(1.0, "nucleus sampling: the fewest tokens reaching this probability; 1 = off",

@@ -19,8 +19,8 @@ def url(tokenizer):
 
 
 def post(url: str, body: str | bytes, headers: dict | None = None) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", content=body, headers=JSON if headers is None else headers,
-                      timeout=30)
+    headers = JSON if headers is None else headers
+    return httpx.post(f"{url}/v1/chat/completions", content=body, headers=headers, timeout=30)
 
 
 def error(response: httpx.Response) -> tuple[int, str, str | None]:
@@ -45,8 +45,9 @@ DEEP = "the request body nests arrays and objects more than 8 levels deep; a cha
       None)),
     (HELLO + ', "seed": 18446744073709551616}',
      (400, "seed: Input should be less than 9223372036854775808 (got 18446744073709551616)", "seed")),
-    (b'{"messages": "\xff"}', (400, "the request body is not valid JSON: 'utf-8' codec can't decode byte 0xff "
-                                    "in position 14: invalid start byte", None)),
+    (b'{"messages": "\xff"}',
+     (400, "the request body is not valid JSON: 'utf-8' codec can't decode byte 0xff in position 14: "
+           "invalid start byte", None)),
 ])
 def test_a_malformed_body_gets_a_400_naming_what_is_wrong_and_logs_no_traceback(url, body, expected):
     with logged_tracebacks() as tracebacks:
@@ -67,7 +68,8 @@ def test_a_body_not_declared_json_gets_415(url, content_type):
     assert response.json()["error"]["code"] == "unsupported_media_type" and tracebacks == []
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON"])
 def test_json_with_or_without_a_charset_is_answered(url, content_type):
     assert post(url, HELLO + "}", {"Content-Type": content_type}).status_code == 200
 
@@ -76,9 +78,11 @@ def test_json_with_or_without_a_charset_is_answered(url, content_type):
                                           ("GET", "/nowhere")])
 def test_a_request_addressed_to_another_host_gets_400(url, method, path):
     # What a page on evil.example sends once it has pointed evil.example at 127.0.0.1 (DNS rebinding).
-    response = httpx.request(method, url + path, content=HELLO + "}", headers={**JSON, "Host": "evil.example:8000"})
+    headers = {**JSON, "Host": "evil.example:8000"}
+    response = httpx.request(method, url + path, content=HELLO + "}", headers=headers)
     assert error(response) == (400, "this server does not answer to the host 'evil.example:8000'; to serve "
-                                    "requests addressed to it, start chatbot-serve with --allowed-host NAME", None)
+                                    "requests addressed to it, start chatbot-serve with --allowed-host NAME",
+                               None)
     assert response.json()["error"]["code"] == "invalid_host"
 
 

@@ -252,8 +252,9 @@ def _check_json_type(request: Request) -> None:
     here without the browser asking first (CORS preflight), but not application/json."""
     given = request.headers.get("content-type")
     if (given or "").partition(";")[0].strip().lower() != "application/json":
+        shown = "none" if given is None else repr(given)
         raise ApiError(415, "send the request body as JSON with the header `Content-Type: application/json` "
-                            f"(got {'none' if given is None else repr(given)})", code="unsupported_media_type")
+                            f"(got {shown})", code="unsupported_media_type")
 
 
 def _check_model(model_id: str, served: str) -> None:
