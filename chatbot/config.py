@@ -254,8 +254,9 @@ class EvalConfig:
 class ServeConfig:
     model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id",
                      metavar="DIR|ID")
-    served_model_name: str | None = opt(None, "the model id clients see and send "
-                                              "(default: the --model value)", metavar="NAME")
+    served_model_name: str | None = opt(None, "the model id clients see and send (default: the --model "
+                                              "value; for an absolute path, its last folder's name)",
+                                        metavar="NAME")
     host: str = opt("127.0.0.1", "address to listen on; 0.0.0.0 opens the server to the network",
                     metavar="HOST")
     port: int = opt(8000, "port to listen on (0 = any free port)", parse=port_number)
@@ -275,14 +276,25 @@ class ServeConfig:
                                       "write it in the URL: chat.example.com, 192.168.1.5, [fe80::1]; * for "
                                       "any); repeatable (default: 127.0.0.1, localhost, [::1] and the --host "
                                       "address; requests to any other name get HTTP 400)", metavar="HOST")
+    read_timeout: float = opt(30.0, "seconds a client has to send a request's headers, and again its body; "
+                                    "slower connections are closed (a body: HTTP 408)", metavar="S")
     max_history: int = opt(MAX_HISTORY, "turns the model sees, the new message included", parse=positive_int)
 
     def __post_init__(self):
+        if not 0 < self.read_timeout < math.inf:
+            raise ValueError(f"--read-timeout must be > 0 seconds and finite, got {self.read_timeout}")
         for host in self.allowed_host:
             if host != "*" and not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
                 raise ValueError(f"--allowed-host must be a host name or address as it appears in a URL, "
                                  f"without scheme or port (chat.example.com, 192.168.1.5, [fe80::1]), or * "
                                  f"for any; got {host!r}")
+
+    def served_name(self) -> str:
+        """--served-model-name, else --model as given; for an absolute path, its last folder's name,
+        since the name is shown to clients (and by /health to anyone)."""
+        if self.served_model_name:
+            return self.served_model_name
+        return Path(self.model).name if Path(self.model).is_absolute() else self.model
 
     def allowed_hosts(self) -> tuple[str, ...]:
         """The names a request's Host header may give (lowercase, without port): the loopback names,

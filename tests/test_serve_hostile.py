@@ -1,14 +1,21 @@
 """chatbot-serve against malformed requests and hostile clients: every one gets a 4xx in the OpenAI
 error shape, and nothing reaches the log as a traceback."""
 
+import json
+import socket
+import time
+
 import httpx
 import pytest
 
 from chatbot.cli import serve_main
 from chatbot.config import ServeConfig
-from tests.serving import logged_tracebacks, serve, tiny_bot
+from chatbot.serve.app import create_app
+from tests.serving import logged_tracebacks, running_server, serve, settings, tiny_bot, wait_for
 
 JSON = {"Content-Type": "application/json"}
+KEY = "test-key"
+POST_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
 HELLO = '{"messages": [{"role": "user", "content": "你好"}]'
 
 
@@ -114,3 +121,119 @@ def test_cli_refuses_an_allowed_host_with_a_scheme_or_port(host, capsys):
 def test_with_allowed_host_star_any_host_is_answered(tokenizer):
     with serve(tiny_bot(tokenizer), allowed_hosts=("*",)) as url:
         assert httpx.get(f"{url}/health", headers={"Host": "evil.example"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def impatient(tokenizer):
+    """A server with a key that gives clients 1 s to send a request's head, and again its body."""
+    with serve(tiny_bot(tokenizer, max_new_tokens=2), api_key=KEY, read_timeout=1.0) as url:
+        yield url
+
+
+def connect(url: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (socket.timeout after 10 s of silence)."""
+    received = b""
+    while piece := sock.recv(65536):
+        received += piece
+    return received
+
+
+def trickle(url: str, socks: list[socket.socket], byte: bytes) -> tuple[int, dict[socket.socket, bytes]]:
+    """Send `byte` on each socket every 0.2 s, as a client whose request never ends, until the server
+    has closed them all or 20 s have passed, checking meanwhile that it answers others.
+
+    Returns:
+        (how many are still open, what each received).
+    """
+    received = {sock: b"" for sock in socks}
+    still_open, deadline = set(socks), time.monotonic() + 20
+    for sock in socks:
+        sock.setblocking(False)
+    while still_open and time.monotonic() < deadline:
+        assert httpx.get(f"{url}/health").status_code == 200
+        for sock in list(still_open):
+            try:
+                sock.send(byte)
+                piece = sock.recv(65536)
+                received[sock] += piece
+                if piece == b"":
+                    still_open.discard(sock)
+            except BlockingIOError:  # nothing to read yet: still open
+                pass
+            except OSError:  # reset: closed
+                still_open.discard(sock)
+        time.sleep(0.2)
+    for sock in socks:
+        sock.close()
+    return len(still_open), received
+
+
+def test_fifty_slow_heads_are_cut_off_and_the_server_goes_on_answering(impatient):
+    socks = [connect(impatient) for _ in range(50)]
+    for sock in socks:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    still_open, received = trickle(impatient, socks, b"X")  # a header line that never ends (slowloris)
+    assert still_open == 0 and set(received.values()) == {b""}
+
+
+def test_a_body_that_stops_coming_gets_408_and_the_connection_closes(impatient):
+    with connect(impatient) as sock:
+        sock.sendall(POST_HEAD + b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n"
+                     b"{\"messages\"")
+        head, _, body = read_all(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"] == {
+        "message": "the request body did not arrive within 1 s (--read-timeout)",
+        "type": "invalid_request_error", "param": None, "code": "request_timeout"}
+
+
+def test_a_body_still_trickling_in_after_the_reply_is_cut_off(impatient):
+    sock = connect(impatient)  # no key: answered 401 at once, while the body goes on a byte at a time
+    sock.sendall(POST_HEAD + b"Content-Length: 1000\r\n\r\n{\"messages\"")
+    still_open, received = trickle(impatient, [sock], b" ")
+    assert still_open == 0 and received[sock].startswith(b"HTTP/1.1 401 ")
+
+
+def test_bytes_that_are_not_http_get_400_in_the_api_error_shape(impatient):
+    with connect(impatient) as sock:
+        sock.sendall(b"HELLO\r\n\r\n")
+        head, _, body = read_all(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error"] == {
+        "message": "the request is not valid HTTP/1.1 (Invalid HTTP request received)",
+        "type": "invalid_request_error", "param": None, "code": None}
+
+
+def test_health_without_the_key_says_only_the_status_and_the_served_name(impatient):
+    assert httpx.get(f"{impatient}/health").json() == {"status": "ok", "model": "tiny"}
+    full = httpx.get(f"{impatient}/health", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert full == {"status": "ok", "model": "tiny", "running": 0, "waiting": 0, "finished": full["finished"]}
+
+
+def test_the_served_name_of_an_absolute_model_path_is_its_last_folder():
+    assert ServeConfig(model="/srv/models/final").served_name() == "final"
+    assert ServeConfig(model="model/final").served_name() == "model/final"
+    assert ServeConfig(model="thu-coai/CDial-GPT_LCCC-base").served_name() == "thu-coai/CDial-GPT_LCCC-base"
+    assert ServeConfig(model="/srv/models/final", served_model_name="chitchat").served_name() == "chitchat"
+
+
+def test_a_load_error_is_told_only_to_key_holders(tmp_path):
+    def load():
+        raise FileNotFoundError(f"model folder not found: {tmp_path}/secret")
+
+    with running_server(create_app(load, settings(api_key=KEY)), ready=False) as url:
+        wait_for(lambda: httpx.get(f"{url}/health").status_code == 500, "the load to fail")
+        assert httpx.get(f"{url}/health").json() == {"status": "error"}
+        told = httpx.get(f"{url}/health", headers={"Authorization": f"Bearer {KEY}"}).json()
+        assert told == {"status": "error", "error": f"model folder not found: {tmp_path}/secret"}
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "inf", "nan"])
+def test_cli_refuses_a_read_timeout_that_is_not_a_positive_number(seconds, capsys):
+    with pytest.raises(SystemExit) as e:
+        serve_main(["--read-timeout", seconds])
+    assert e.value.code == 2 and "--read-timeout must be > 0 seconds and finite" in capsys.readouterr().err

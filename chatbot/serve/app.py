@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatbot.bot import ChatBot
@@ -62,6 +63,7 @@ class ServeSettings:
     api_key: str | None = None  # required as `Authorization: Bearer KEY` on /v1/* when set
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (none: CORS off)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered, without port ("*": any)
+    read_timeout: float = 30.0  # seconds a client has to send a request's body; slower ones get 408
 
 
 class _State:
@@ -154,7 +156,9 @@ def _host_name(host: str) -> str:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {}
+        if e.status in (408, 413):  # the rest of the body may still be coming: stop it with the connection
+            headers["Connection"] = "close"
         return JSONResponse(e.body, status_code=e.status, headers=headers)
 
     @app.exception_handler(HTTPException)
@@ -187,12 +191,17 @@ def _add_page_routes(app: FastAPI, state: _State, settings: ServeSettings) -> No
         return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
+        # Open to all, for load balancers: what else it says (the load error, which may name paths;
+        # the request counts) only to those who hold the key.
+        insider = _has_key(request, settings.api_key)
         if state.error is not None:
-            return JSONResponse({"status": "error", "error": str(state.error)}, status_code=500)
+            return JSONResponse({"status": "error", **({"error": str(state.error)} if insider else {})},
+                                status_code=500)
         if state.engine is None:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ok", "model": settings.model_name, **state.engine.stats()})
+        return JSONResponse({"status": "ok", "model": settings.model_name,
+                             **(state.engine.stats() if insider else {})})
 
 
 def _add_model_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
@@ -219,7 +228,7 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
     async def chat_completions(request: Request):
         _authorize(request, settings.api_key)
         _check_json_type(request)
-        body = await _read_body(request, settings.max_body_bytes)
+        body = await _read_body(request, settings.max_body_bytes, settings.read_timeout)
         chat = parse_request(decode_body(body), max_message_chars=settings.max_message_chars)
         bot, engine = state.ready()
         job = _make_job(bot, chat, settings)
@@ -236,13 +245,17 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
         return await _complete(request, reply, head)
 
 
-def _authorize(request: Request, api_key: str | None) -> None:
-    """Nothing if no key is set or the request's bearer token matches it (compared in constant
-    time), else 401."""
+def _has_key(request: Request, api_key: str | None) -> bool:
+    """Whether no key is set or the request's bearer token matches it (compared in constant time)."""
     if api_key is None:
-        return
+        return True
     given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), api_key.encode()):
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+def _authorize(request: Request, api_key: str | None) -> None:
+    """Nothing if `_has_key`, else 401."""
+    if not _has_key(request, api_key):
         raise ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer KEY`",
                        code="invalid_api_key")
 
@@ -264,18 +277,28 @@ def _check_model(model_id: str, served: str) -> None:
                        param="model", code="model_not_found")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, read at most `limit` bytes far (413 beyond)."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, read at most `limit` bytes far (413 beyond) and for `timeout` seconds (408 after)."""
     too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)",
                        code="request_too_large")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_big
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise too_big
+
+    async def read() -> None:
+        async for piece in request.stream():
+            body.extend(piece)
+            if len(body) > limit:
+                raise too_big
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s (--read-timeout)",
+                       code="request_timeout") from None
+    except ClientDisconnect:  # nobody to answer; an ApiError keeps it out of the log as a bug
+        raise ApiError(400, "the client hung up before sending the whole body") from None
     return bytes(body)
 
 
