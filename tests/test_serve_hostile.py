@@ -202,7 +202,7 @@ def test_bytes_that_are_not_http_get_400_in_the_api_error_shape(impatient):
     with connect(impatient) as sock:
         sock.sendall(b"HELLO\r\n\r\n")
         head, _, body = read_all(sock).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"content-type: application/json" in head.lower()
     assert json.loads(body)["error"] == {
         "message": "the request is not valid HTTP/1.1 (Invalid HTTP request received)",
         "type": "invalid_request_error", "param": None, "code": None}

@@ -92,7 +92,7 @@ class ReadDeadline(H11Protocol):
         error = ApiError(400, f"the request is not valid HTTP/1.1 ({msg.rstrip('.')})")
         body = json.dumps(error.body).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        response = h11.Response(status_code=400, headers=headers)
+        response = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
         for event in (response, h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
         self.transport.close()
