@@ -89,8 +89,7 @@ class SamplingOptions:
     """How replies are sampled: one set for chatbot-chat, chatbot-eval and chatbot-serve."""
 
     temperature: float = opt(1.0, "sampling temperature: divides the logits; "
-                                  "0 = always the most likely token",
-                             parse=option_parser("temperature", float), metavar="T")
+                                  "0 = always the most likely token", parse=option_parser("temperature", float), metavar="T")
     top_k: int = opt(8, "sample among the k most likely tokens; 0 = all", parse=option_parser("top_k", int),
                      metavar="K")
     top_p: float = opt(1.0, "nucleus sampling: the fewest tokens reaching this probability; 1 = off",
