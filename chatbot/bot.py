@@ -27,7 +27,7 @@ from chatbot.generate.prompt import DialogueModel, Prompt, fit_turns
 from chatbot.generate.sampling import generate_tokens
 from chatbot.layout import CDIAL, CHITCHAT, EXTRA_TOKENS, MAX_HISTORY
 from chatbot.model.modeling import load_model
-from chatbot.options import SamplingOptions
+from chatbot.options import SamplingOptions, check_seed
 from chatbot.tokenization import (
     banned_token_ids,
     decode_ids,
@@ -182,7 +182,12 @@ class ChatBot:
         """Yield the reply to `text` after `history`, in pieces; touches no stored history.
 
         With several candidates (and an MMI model), the best one comes as a single piece.
+
+        Raises:
+            ValueError: for a bad option, or a seed outside [0, 2**64).
         """
+        if seed is not None:
+            check_seed(seed)
         options = self.resolve_options(**changes)
         prompt = self.prompt(text, history, max_new_tokens=options.max_new_tokens)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)

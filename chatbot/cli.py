@@ -295,7 +295,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser = serve_parser()
     cfg, options, common = parse_options(parser, argv, ServeConfig, SamplingOptions, CommonOptions)
     _check_candidates(parser, options, None)
-    api_key = cfg.api_key or os.environ.get("CHATBOT_API_KEY") or None
+    try:
+        api_key = cfg.api_key_in(os.environ)
+    except ValueError as e:
+        parser.error(str(e))
     return run_command(lambda: _serve(cfg, options, api_key), common.debug)
 
 

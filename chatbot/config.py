@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +22,8 @@ from chatbot.layout import LOSS_ON, MAX_HISTORY, SPEAKER_TOKENS
 from chatbot.options import DTYPES
 from chatbot.resources import SAMPLE_TRAIN, SAMPLE_VALID, VOCAB
 
+# Host header names chatbot-serve always answers to: this machine's own.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
 
 
@@ -264,13 +267,15 @@ class EvalConfig:
 class ServeConfig:
     model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id",
                      metavar="DIR|ID")
-    served_model_name: str | None = opt(None, "the model id clients see and send "
-                                              "(default: the --model value)", metavar="NAME")
+    served_model_name: str | None = opt(None, "the model id clients see and send (default: the --model "
+                                              "value; for an absolute path, its last folder's name)",
+                                        metavar="NAME")
     host: str = opt("127.0.0.1", "address to listen on; 0.0.0.0 opens the server to the network",
                     metavar="HOST")
     port: int = opt(8000, "port to listen on (0 = any free port)", parse=port_number)
     api_key: str | None = opt(None, "require `Authorization: Bearer KEY` on /v1/* (default: "
-                                    "$CHATBOT_API_KEY if set, else no key)", metavar="KEY")
+                                    "$CHATBOT_API_KEY if set, else no key; an empty one is refused)",
+                                metavar="KEY")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
     dtype: str = opt("auto", "weights, as chatbot-chat's --dtype: auto, fp32, bf16 or int8", choices=DTYPES)
     max_batch: int = opt(16, "replies decoded together in one batch", parse=positive_int)
@@ -280,4 +285,57 @@ class ServeConfig:
     max_message_chars: int = opt(8000, "longer messages get HTTP 400", parse=positive_int)
     cors_origin: list[str] = opt([], "let pages from ORIGIN (e.g. https://example.com) call the API; "
                                      "repeatable (default: none, CORS off)", metavar="ORIGIN")
+    allowed_host: list[str] = opt([], "also answer requests addressed to HOST (a name or address as clients "
+                                      "write it in the URL: chat.example.com, 192.168.1.5, [fe80::1]; * for "
+                                      "any); repeatable (default: 127.0.0.1, localhost, [::1] and the --host "
+                                      "address; requests to any other name get HTTP 400)", metavar="HOST")
+    read_timeout: float = opt(30.0, "seconds a client has to send a request's headers, and again its body; "
+                                    "slower connections are closed (a body: HTTP 408)", metavar="S")
     max_history: int = opt(MAX_HISTORY, "turns the model sees, the new message included", parse=positive_int)
+
+    def __post_init__(self):
+        if not 0 < self.read_timeout < math.inf:
+            raise ValueError(f"--read-timeout must be > 0 seconds and finite, got {self.read_timeout}")
+        for host in self.allowed_host:
+            if host != "*" and not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
+                raise ValueError(f"--allowed-host must be a host name or address as it appears in a URL, "
+                                 f"without scheme or port (chat.example.com, 192.168.1.5, [fe80::1]), or * "
+                                 f"for any; got {host!r}")
+
+    def served_name(self) -> str:
+        """--served-model-name, else --model as given; for an absolute path, its last folder's name,
+        since the name is shown to clients (and by /health to anyone)."""
+        if self.served_model_name:
+            return self.served_model_name
+        return Path(self.model).name if Path(self.model).is_absolute() else self.model
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """The names a request's Host header may give (lowercase, without port): the loopback names,
+        --host when it is one address, and --allowed-host; ("*",) for any."""
+        if "*" in self.allowed_host:
+            return ("*",)
+        bound = (f"[{self.host}]" if ":" in self.host else self.host,)
+        if self.host in ("0.0.0.0", "::"):  # every address: no one name
+            bound = ()
+        return tuple(dict.fromkeys(h.lower() for h in (*LOOPBACK_HOSTS, *bound, *self.allowed_host)))
+
+    def api_key_in(self, environ: Mapping[str, str]) -> str | None:
+        """The key the API requires: --api-key, else $CHATBOT_API_KEY from `environ`, else None (no key).
+
+        Raises:
+            ValueError: for an empty key (an unset variable in `--api-key "$KEY"` must not open the
+                server to all), or one an Authorization header cannot carry.
+        """
+        for name, key in (("--api-key", self.api_key), ("CHATBOT_API_KEY", environ.get("CHATBOT_API_KEY"))):
+            if key is None:
+                continue
+            if not key.strip():
+                without = "leave out --api-key" if name == "--api-key" else "unset CHATBOT_API_KEY"
+                raise ValueError(f"{name} is empty, which would serve the API without a key (was the "
+                                 "variable holding the key unset?); give a key, e.g. from `openssl rand "
+                                 f"-hex 16`, or {without} to serve without one")
+            if not re.fullmatch(r"[\x21-\x7e]+", key):
+                raise ValueError(f"{name} must be printable ASCII without spaces, which is what an "
+                                 "Authorization header carries; the key given has other characters")
+            return key
+        return None

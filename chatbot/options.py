@@ -58,6 +58,17 @@ def check_options(**values) -> None:
                          f"max_new_tokens ({values['max_new_tokens']})")
 
 
+def check_seed(seed: object) -> None:
+    """Check a sampling seed against what `torch.Generator.manual_seed` takes.
+
+    Raises:
+        ValueError: naming the seed and the allowed range.
+    """
+    if not (_is_int(seed) and 0 <= seed < 2**64):
+        raise ValueError(f"seed must be an integer in [0, 2**64) (what torch's generator takes), "
+                         f"got {seed!r}")
+
+
 def option_parser(name: str, kind: type) -> Callable[[str], int | float]:
     """Parses a flag's text into a sampling option, checked against its allowed range."""
 

@@ -7,6 +7,7 @@ Text that came from a user or the model is shown through `printable`, so it cann
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from rich.text import Text
 
 from chatbot.conversation import Conversation
 from chatbot.options import SamplingOptions
+from chatbot.tokenization import replace_lone_surrogates
 
 if TYPE_CHECKING:  # chatbot.bot imports torch, which `chatbot-chat --help` (see `command_lines`) must not
     from chatbot.bot import ChatBot
@@ -179,7 +181,9 @@ def prompt_reader(history_file: str | Path | None, **session_args) -> Callable[[
         Path(history_file).parent.mkdir(parents=True, exist_ok=True)
         history = FileHistory(str(history_file))
     session = PromptSession(history=history, **session_args)
-    return lambda: session.prompt([("bold", "you › ")])
+    # prompt_toolkit decodes the terminal with surrogateescape: a byte that is not UTF-8 would reach
+    # the transcript as a lone surrogate, which its UTF-8 file cannot store.
+    return lambda: replace_lone_surrogates(session.prompt([("bold", "you › ")]))
 
 
 def run_repl(session: Session, read_line: Callable[[], str], console: Console) -> None:
@@ -206,7 +210,12 @@ def run_repl(session: Session, read_line: Callable[[], str], console: Console) -
 
 def run_piped(session: Session, lines: Iterable[str], out: TextIO) -> None:
     """One reply per input line, nothing else, so line N of the output answers line N of the input
-    (an empty line gets an empty line)."""
+    (an empty line gets an empty line). Bytes of stdin that are not text in its encoding are read as
+    U+FFFD."""
+    if isinstance(lines, io.TextIOWrapper):
+        # Python decodes stdin strictly (one bad byte would end the chat) or, under the C locale,
+        # with surrogateescape (lone surrogates, which the UTF-8 transcript cannot store).
+        lines.reconfigure(errors="replace")
     for line in lines:
         text = line.rstrip("\r\n")
         print(session.respond(text) if text.strip() else "", file=out, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Regex, decoders, pre_tokenizers
@@ -16,6 +17,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 # Tokens that can appear in a vocabulary but must never reach a user: specials, speaker markers,
 # and BERT's reserved [unusedN] slots (bert-base-chinese style vocabularies have 99 of them).
 _HIDDEN_PREFIXES = ("[unused",)
+# Lone surrogates: half of a UTF-16 pair, which no UTF-8 text holds (see `replace_lone_surrogates`).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def readable_decoder(*, spaced_words: bool = True) -> decoders.Decoder:
@@ -144,8 +147,23 @@ def vocab_fingerprint(tokenizer: BertTokenizerFast) -> str:
     return hashlib.sha256(table.encode("utf-8")).hexdigest()[:16]
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, as a UTF-8 decoder replaces a bad byte.
+
+    They come from a JSON `"\\ud83d"` (a string cut inside an emoji by UTF-16 length) and from
+    bytes that Python decoded with `surrogateescape`; the Rust tokenizer refuses such a string
+    whole, and UTF-8 cannot store it.
+    """
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def encode_texts(tokenizer: BertTokenizerFast, texts: list[str]) -> list[list[int]]:
-    """Ids of each text without special tokens, in one call to the Rust tokenizer."""
+    """Ids of each text without special tokens, in one call to the Rust tokenizer.
+
+    Every text reaches the tokenizer here, so this is where a lone surrogate becomes U+FFFD
+    (`replace_lone_surrogates`), read as that character is anywhere (BERT's normalizer drops it).
+    """
+    texts = [replace_lone_surrogates(text) for text in texts]
     # encode_batch_fast skips offset tracking, which we never use.
     return [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from transformers import GPT2LMHeadModel
 from chatbot.bot import ChatBot
 from chatbot.options import SamplingOptions
 from chatbot.serve.app import ServeSettings, create_app
+from chatbot.serve.server import deadline_protocol
 from tests.conftest import tiny_config
 
 
@@ -34,11 +36,13 @@ def settings(**changes) -> ServeSettings:
 
 
 @contextlib.contextmanager
-def running_server(app, *, ready: bool = True):
-    """Serve `app` on 127.0.0.1 on a free port in a thread; yield its base URL; stop it after."""
+def running_server(app, *, ready: bool = True, read_timeout: float = 30.0):
+    """Serve `app` on 127.0.0.1 on a free port in a thread, with chatbot-serve's HTTP protocol;
+    yield its base URL; stop it after."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1,
+                                           http=deadline_protocol(read_timeout)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -62,7 +66,8 @@ def _loaded(url: str) -> bool:
 
 def serve(bot: ChatBot, **changes):
     """A running server for `bot` with the test settings (see `settings`)."""
-    return running_server(create_app(lambda: bot, settings(**changes)))
+    serve_settings = settings(**changes)
+    return running_server(create_app(lambda: bot, serve_settings), read_timeout=serve_settings.read_timeout)
 
 
 def wait_for(condition, what: str, timeout: float = 10.0) -> None:
@@ -71,3 +76,21 @@ def wait_for(condition, what: str, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout} s for {what}")
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def logged_tracebacks():
+    """Collect the records logged with a traceback meanwhile, by the app (through the root logger)
+    or by uvicorn (whose logger does not propagate). Enter it after starting servers: uvicorn's
+    logging set-up drops the handlers of its loggers."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record) if record.exc_info else None
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

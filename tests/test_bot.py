@@ -1,5 +1,6 @@
 import io
 import logging
+import re
 import runpy
 import sys
 import threading
@@ -16,6 +17,7 @@ from chatbot.generate.mmi import backward_input, score_replies
 from chatbot.generate.prompt import fit_turns
 from chatbot.layout import join_turns, speaker_type_ids
 from chatbot.model.modeling import save_model
+from chatbot.tokenization import encode_texts
 from tests.conftest import tiny_config
 
 CLS, SEP, SPK1, SPK2 = 2, 3, 5, 6
@@ -101,6 +103,14 @@ def test_a_huge_message_is_cut_with_a_notice_not_a_crash(bot, caplog):
     assert "only its last" in caplog.text
 
 
+def test_a_lone_surrogate_is_read_as_the_replacement_character(bot):
+    # "\ud83d" is half of an emoji's UTF-16 pair: what a message cut by UTF-16 length ends with.
+    # BERT's normalizer drops U+FFFD, so 你\ufffd好 reads as 你好.
+    assert encode_texts(bot.tokenizer, ["你\ud83d好", "\udcff"]) == [[7, 8], []]
+    reply = bot.reply("你\ud83d好", history=["\udcff谢谢"], seed=1)
+    assert reply == bot.reply("你\ufffd好", history=["\ufffd谢谢"], seed=1) and reply
+
+
 def test_speaker_ids_from_training_args_reach_the_model(tmp_path, tiny_model, tokenizer):
     folder = save_model(tmp_path / "spk", tiny_model, tokenizer, {"speaker_ids": True})
     bot = ChatBot.from_pretrained(folder, device="cpu", max_new_tokens=3, min_new_tokens=3)
@@ -134,6 +144,14 @@ def test_bad_per_call_option_names_itself(bot):
         bot.reply("你好", top_p=2)
     with pytest.raises(ValueError, match=r"max_new_tokens \(--max-len\) must be <= 29 for this model"):
         bot.reply("你好", max_new_tokens=40)
+
+
+@pytest.mark.parametrize("seed", [2**70, 2**64, -1, True, 1.5])
+def test_a_seed_torch_cannot_take_is_refused_by_name(bot, seed):
+    with pytest.raises(ValueError, match=rf"^seed must be an integer in \[0, 2\*\*64\) \(what torch's generator "
+                                         rf"takes\), got {re.escape(repr(seed))}$"):
+        bot.reply("你好", history=[], seed=seed)
+    assert bot.reply("你好", history=[], seed=2**64 - 1)  # the largest seed there is
 
 
 def test_missing_or_incomplete_model_folder_says_what_and_how(tmp_path, tiny_model_dir):

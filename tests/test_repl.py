@@ -159,6 +159,24 @@ def test_piped_stdin_gives_one_reply_per_line_and_a_transcript(tiny_model_dir, t
     assert turns == [{"user": "你好", "bot": lines[0]}, {"user": "谢谢", "bot": lines[2]}]
 
 
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])  # stdin's decoding: UTF-8 locale, C locale
+def test_piped_lines_that_are_not_utf8_are_answered_with_u_fffd(errors, tiny_model_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    stdin = io.TextIOWrapper(io.BytesIO("你好\n".encode() + b"\xff\xed\xa0\x80\n" + "谢谢\n".encode()),
+                             encoding="utf-8", errors=errors)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code = chat_main(["--model", str(tiny_model_dir), "--device", "cpu", "--seed", "1", "--max-len", "6",
+                      "--log-dir", str(tmp_path / "logs")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    replies = out.out.split("\n")
+    assert len(replies) == 4 and all(replies[:3]) and replies[3] == ""
+    (transcript,) = (tmp_path / "logs").glob("chat-*.json")
+    turns = json.loads(transcript.read_text(encoding="utf-8"))["turns"]
+    # A bad byte and a UTF-8-encoded surrogate (ED A0 80) each read as U+FFFD, as Python's "replace" reads them.
+    assert [t["user"] for t in turns] == ["你好", "\ufffd" * 4, "谢谢"]
+
+
 def test_help_and_flag_checks_do_not_import_torch():
     code = ("import sys\nfrom chatbot.cli import chat_parser\nchat_parser().parse_args(['--top-p', '0.5'])\n"
             "assert 'torch' not in sys.modules")

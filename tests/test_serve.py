@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from chatbot.cli import serve_main
+from chatbot.config import ServeConfig
 from chatbot.serve.app import create_app
 from tests.serving import running_server, serve, settings, tiny_bot, wait_for
 
@@ -136,6 +137,17 @@ def test_400_names_the_bad_parameter(client, options, param):
     assert e.value.status_code == 400 and e.value.param == param, e.value.message
 
 
+def test_a_lone_surrogate_in_a_message_is_read_as_the_replacement_character(client, url):
+    # "\ud83d" is half of an emoji's UTF-16 pair: what a client that cut a message by UTF-16 length sends.
+    body = '{"model": "tiny", "seed": 3, "messages": [{"role": "user", "content": "今天\\ud83d天气"}]}'
+    response = httpx.post(f"{url}/v1/chat/completions", content=body,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    expected = client.chat.completions.create(model="tiny", seed=3, messages=[
+        {"role": "user", "content": "今天\ufffd天气"}]).choices[0].message.content
+    assert response.json()["choices"][0]["message"]["content"] == expected
+
+
 def test_404_for_another_model_or_path(client, url):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "你好"}])
@@ -145,7 +157,8 @@ def test_404_for_another_model_or_path(client, url):
 
 def test_413_for_an_oversized_body(url):
     body = json.dumps({"messages": [{"role": "user", "content": "好" * 5000}]})
-    response = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"Authorization": f"Bearer {KEY}"})
+    response = httpx.post(f"{url}/v1/chat/completions", content=body,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
 
 
@@ -225,6 +238,30 @@ def test_cli_help_and_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         serve_main(["--port", "70000"])
     assert e.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, environ, message", [
+    (["--api-key", ""], {}, "--api-key is empty, which would serve the API without a key"),
+    (["--api-key", " "], {"CHATBOT_API_KEY": "k"}, "--api-key is empty"),
+    ([], {"CHATBOT_API_KEY": ""}, "CHATBOT_API_KEY is empty, which would serve the API without a key"),
+    (["--api-key", "钥匙"], {}, "--api-key must be printable ASCII without spaces"),
+    (["--api-key", "a key"], {}, "--api-key must be printable ASCII without spaces"),
+])
+def test_cli_refuses_an_empty_or_unsendable_api_key_before_loading(argv, environ, message, tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.delenv("CHATBOT_API_KEY", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as e:
+        serve_main(["--model", str(tmp_path / "none"), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "model folder" not in err
+
+
+def test_the_api_key_is_the_flag_else_the_environment_else_none():
+    assert ServeConfig(api_key="flag").api_key_in({"CHATBOT_API_KEY": "env"}) == "flag"
+    assert ServeConfig().api_key_in({"CHATBOT_API_KEY": "env"}) == "env"
+    assert ServeConfig().api_key_in({}) is None
 
 
 def test_cli_names_a_missing_model_folder(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Serve: `chatbot-serve`, an OpenAI-compatible chat server batched across users, and its page.
 
-    server.py      run_server: chatbot-serve's settings, the background model load, uvicorn
-    app.py         the FastAPI app: routes, authentication, streaming (SSE) and JSON replies
+    server.py      run_server: chatbot-serve's settings, the background model load, uvicorn with
+                   ReadDeadline, its HTTP protocol that cuts off clients too slow to send a request
+    app.py         the FastAPI app: routes, authentication, the Host check, streaming (SSE) and JSON replies
     engine.py      the scheduler: one thread runs a BatchDecoder over every request
     protocol.py    the chat-completions request schema and response shapes
     static/        chat.html, the page served at /, and its icon

@@ -25,12 +25,24 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatbot.bot import ChatBot
+from chatbot.config import LOOPBACK_HOSTS
 from chatbot.generate.detokenize import ReplyText
 from chatbot.serve.engine import Engine, Job, QueueFull
-from chatbot.serve.protocol import ApiError, ChatRequest, ReplyHead, parse_request, split_messages, usage
+from chatbot.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    ReplyHead,
+    decode_body,
+    parse_request,
+    split_messages,
+    usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +62,8 @@ class ServeSettings:
     max_message_chars: int  # longer messages get 400
     api_key: str | None = None  # required as `Authorization: Bearer KEY` on /v1/* when set
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (none: CORS off)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header names answered, without port ("*": any)
+    read_timeout: float = 30.0  # seconds a client has to send a request's body; slower ones get 408
 
 
 class _State:
@@ -101,15 +115,50 @@ def create_app(load_bot: Callable[[], ChatBot], settings: ServeSettings,
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    if "*" not in settings.allowed_hosts:  # added last, so it runs first
+        app.add_middleware(_HostCheck, allowed=settings.allowed_hosts)
     _add_error_handlers(app)
     _add_routes(app, state, settings)
     return app
 
 
+class _HostCheck:
+    """Answers 400 to a request whose Host header names a host not in `allowed`.
+
+    A page on another site can point its own name at 127.0.0.1 (DNS rebinding): the browser then
+    sends it our replies as same-origin. Its requests still carry its name in Host, so they stop here.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            if _host_name(host) not in self.allowed:
+                error = ApiError(400, f"this server does not answer to the host {host!r}; to serve requests "
+                                      "addressed to it, start chatbot-serve with --allowed-host NAME",
+                                 code="invalid_host")
+                await JSONResponse(error.body, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, lowercase and without port: 'Example.com:8000' -> 'example.com',
+    '[::1]:8000' -> '[::1]'."""
+    host = host.lower()
+    if host.startswith("[") and "]" in host:
+        return host[:host.index("]") + 1]
+    return host.partition(":")[0]
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {}
+        if e.status in (408, 413):  # the rest of the body may still be coming: stop it with the connection
+            headers["Connection"] = "close"
         return JSONResponse(e.body, status_code=e.status, headers=headers)
 
     @app.exception_handler(HTTPException)
@@ -142,12 +191,17 @@ def _add_page_routes(app: FastAPI, state: _State, settings: ServeSettings) -> No
         return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
+        # Open to all, for load balancers: what else it says (the load error, which may name paths;
+        # the request counts) only to those who hold the key.
+        insider = _has_key(request, settings.api_key)
         if state.error is not None:
-            return JSONResponse({"status": "error", "error": str(state.error)}, status_code=500)
+            return JSONResponse({"status": "error", **({"error": str(state.error)} if insider else {})},
+                                status_code=500)
         if state.engine is None:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ok", "model": settings.model_name, **state.engine.stats()})
+        return JSONResponse({"status": "ok", "model": settings.model_name,
+                             **(state.engine.stats() if insider else {})})
 
 
 def _add_model_routes(app: FastAPI, state: _State, settings: ServeSettings) -> None:
@@ -173,8 +227,9 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         _authorize(request, settings.api_key)
-        body = await _read_json(request, settings.max_body_bytes)
-        chat = parse_request(body, max_message_chars=settings.max_message_chars)
+        _check_json_type(request)
+        body = await _read_body(request, settings.max_body_bytes, settings.read_timeout)
+        chat = parse_request(decode_body(body), max_message_chars=settings.max_message_chars)
         bot, engine = state.ready()
         job = _make_job(bot, chat, settings)
         try:
@@ -190,15 +245,29 @@ def _add_chat_route(app: FastAPI, state: _State, settings: ServeSettings) -> Non
         return await _complete(request, reply, head)
 
 
-def _authorize(request: Request, api_key: str | None) -> None:
-    """Nothing if no key is set or the request's bearer token matches it (compared in constant
-    time), else 401."""
+def _has_key(request: Request, api_key: str | None) -> bool:
+    """Whether no key is set or the request's bearer token matches it (compared in constant time)."""
     if api_key is None:
-        return
+        return True
     given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), api_key.encode()):
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+def _authorize(request: Request, api_key: str | None) -> None:
+    """Nothing if `_has_key`, else 401."""
+    if not _has_key(request, api_key):
         raise ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer KEY`",
                        code="invalid_api_key")
+
+
+def _check_json_type(request: Request) -> None:
+    """415 unless the body is declared JSON: a page on another site can post text/plain or a form
+    here without the browser asking first (CORS preflight), but not application/json."""
+    given = request.headers.get("content-type")
+    if (given or "").partition(";")[0].strip().lower() != "application/json":
+        shown = "none" if given is None else repr(given)
+        raise ApiError(415, "send the request body as JSON with the header `Content-Type: application/json` "
+                            f"(got {shown})", code="unsupported_media_type")
 
 
 def _check_model(model_id: str, served: str) -> None:
@@ -208,22 +277,29 @@ def _check_model(model_id: str, served: str) -> None:
                        param="model", code="model_not_found")
 
 
-async def _read_json(request: Request, limit: int) -> object:
-    """The JSON body, read at most `limit` bytes far (413 beyond, 400 if it is not JSON)."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, read at most `limit` bytes far (413 beyond) and for `timeout` seconds (408 after)."""
     too_big = ApiError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)",
                        code="request_too_large")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_big
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise too_big
+
+    async def read() -> None:
+        async for piece in request.stream():
+            body.extend(piece)
+            if len(body) > limit:
+                raise too_big
+
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s (--read-timeout)",
+                       code="request_timeout") from None
+    except ClientDisconnect:  # nobody to answer; an ApiError keeps it out of the log as a bug
+        raise ApiError(400, "the client hung up before sending the whole body") from None
+    return bytes(body)
 
 
 def _make_job(bot: ChatBot, chat: ChatRequest, settings: ServeSettings) -> Job:

@@ -7,6 +7,7 @@ built as the dicts the official clients expect (`chat.completion`, `chat.complet
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal
@@ -14,6 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_STOP = 4  # OpenAI's limit on stop strings
+# JSON levels a body may nest: a chat request needs 5 (the body, messages, a message, its content
+# parts, a part); clients that send assistant messages' tool_calls reach 6.
+MAX_DEPTH = 8
 
 
 class ApiError(Exception):
@@ -75,6 +79,46 @@ class ChatRequest(BaseModel):
 
 _FIELDS = (set(ChatRequest.model_fields) | set(Message.model_fields) | set(_TextPart.model_fields)
            | {"include_usage"})
+
+
+def decode_body(body: bytes) -> object:
+    """The request body's JSON value.
+
+    Raises:
+        ApiError: 400 for a body that is not JSON, nests deeper than `MAX_DEPTH` levels, or holds an
+            integer too long for Python to read.
+    """
+    too_deep = ApiError(400, f"the request body nests arrays and objects more than {MAX_DEPTH} levels deep; "
+                             "a chat request needs 5")
+    try:
+        data = json.loads(body, parse_int=_parse_int)
+    except RecursionError:  # json's C decoder stops at Python's recursion limit and unwinds cleanly
+        raise too_deep from None
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if _nests_deeper(data, MAX_DEPTH):  # deep but under the recursion limit: refused the same
+        raise too_deep
+    return data
+
+
+def _parse_int(digits: str) -> int:
+    try:
+        return int(digits)
+    except ValueError:  # over Python's int-string conversion limit (4300 digits)
+        raise ApiError(400, f"the request body holds an integer of {len(digits.lstrip('-'))} digits; no "
+                            "parameter takes more than 19 (seed < 2**63)") from None
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether `value` nests lists and dicts more than `limit` levels deep, looked at level by level
+    (recursion is what a deep value would exhaust)."""
+    level = [value]
+    for _ in range(limit + 1):  # pass k finds the lists and dicts k levels deep
+        containers = [v for v in level if isinstance(v, (dict, list))]
+        if not containers:
+            return False
+        level = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)]
+    return True
 
 
 def parse_request(data: object, *, max_message_chars: int) -> ChatRequest:
