@@ -27,7 +27,6 @@ from rich.text import Text
 
 from chatbot.conversation import Conversation
 from chatbot.options import SamplingOptions
-from chatbot.tokenization import replace_lone_surrogates
 
 if TYPE_CHECKING:  # chatbot.bot imports torch, which `chatbot-chat --help` (see `command_lines`) must not
     from chatbot.bot import ChatBot
@@ -176,6 +175,10 @@ def prompt_reader(history_file: str | Path | None, **session_args) -> Callable[[
 
     `session_args` go to `PromptSession` (tests pass `input=` and `output=`).
     """
+    # Here, not at the top: `chatbot-chat --help` lists the slash commands from this module, and
+    # must not pay for importing transformers (tokenization's import).
+    from chatbot.tokenization import replace_lone_surrogates
+
     history = None
     if history_file:
         Path(history_file).parent.mkdir(parents=True, exist_ok=True)
