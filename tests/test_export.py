@@ -149,25 +149,3 @@ def test_plain_greedy_generate_replies_what_chatbot_replies(tiny_model_dir):
     assert hf_tokenizer.decode(new, skip_special_tokens=True) == reply
     assert new.tolist() == [19] * 10  # ##k: "kkkkkkkkkk"
 
-
-def old_folder(folder):
-    """`folder` with the tokenizer_config.json that save_model wrote before issue 19."""
-    path = folder / "tokenizer_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("bos_token", "eos_token", "model_input_names"):
-        del config[key]
-    config["extra_special_tokens"] = config.pop("additional_special_tokens")
-    path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return path.read_bytes()
-
-
-def test_an_old_folder_is_repaired_in_memory_and_on_saving_not_on_disk(tiny_model_dir, tmp_path):
-    before = old_folder(tiny_model_dir)
-    model, tokenizer, args = load_model(tiny_model_dir)
-    assert (tokenizer.bos_token, tokenizer.eos_token) == ("[CLS]", "[SEP]")
-    assert list(tokenizer("你好")) == ["input_ids", "attention_mask"]
-    assert tokenizer("你好")["input_ids"] == tokenizer.encode("你好") == [CLS, 7, 8, SEP]  # as before
-    assert (tiny_model_dir / "tokenizer_config.json").read_bytes() == before
-    config = json.loads((save_model(tmp_path / "again", model, tokenizer, args) / "tokenizer_config.json")
-                        .read_text(encoding="utf-8"))
-    assert (config["eos_token"], config["additional_special_tokens"]) == ("[SEP]", ["[speaker1]", "[speaker2]"])
