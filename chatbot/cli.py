@@ -306,6 +306,6 @@ def export_main(argv: list[str] | None = None) -> int:
         _quiet_transformers()
         folder = export_model(cfg.model, cfg.output, to=cfg.to, quantization=cfg.quantization,
                               overwrite=cfg.overwrite)
-        print(f"wrote a {cfg.quantization} {cfg.to} export of {cfg.model} to {folder}", file=sys.stderr)
+        print(f"wrote the {cfg.to} export ({cfg.quantization}) of {cfg.model} to {folder}", file=sys.stderr)
 
     return run_command(body, common.debug)

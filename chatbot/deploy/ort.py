@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,18 +59,26 @@ def export_onnx(model: GPT2LMHeadModel, folder: Path, *, quantization: str = "in
                torch.tensor([[3, 4]]), past)
     batch, new, cached, total = (torch.export.Dim(n) for n in ("batch", "sequence", "past", "total"))
     names = cache_names(c.n_layer)
-    # torch.onnx logs every op it skips for lack of torchvision, and what it renames.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # The exporter warns about its own internals (pytree deprecations, the shared axis names
+        # above): nothing a user of chatbot-export can act on.
+        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+        # It also logs each torchvision op it cannot register, torchvision being absent.
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         target = Path(scratch if quantization == "int8" else folder) / MODEL_FILE
         torch.onnx.export(
-            _CachedForward(model).eval(), example, str(target), dynamo=True,
+            _CachedForward(model).eval(), example, str(target), dynamo=True, verbose=False,
             input_names=["input_ids", "attention_mask", "position_ids", *names],
             output_names=["logits", *cache_names(c.n_layer, "present")],
             dynamic_shapes=({0: batch, 1: new}, {0: batch, 1: total}, {0: batch, 1: new},
-                            [{0: batch, 2: cached} for _ in names]), verbose=False)
+                            [{0: batch, 2: cached} for _ in names]))
         if quantization == "int8":
-            quantize_dynamic(target, folder / MODEL_FILE, weight_type=QuantType.QInt8)
+            # quantize_dynamic logs a suggestion to pre-process image models on the root logger.
+            logging.disable(logging.WARNING)
+            try:
+                quantize_dynamic(target, folder / MODEL_FILE, weight_type=QuantType.QInt8)
+            finally:
+                logging.disable(logging.NOTSET)
     c.save_pretrained(str(folder))
 
 
