@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from chatbot.config import ChatConfig, EvalConfig, PreprocessConfig, ServeConfig, TrainConfig
+from chatbot.config import ChatConfig, EvalConfig, ExportConfig, PreprocessConfig, ServeConfig, TrainConfig
 from chatbot.flags import CommonOptions, build_parser, parse_options
 from chatbot.options import SamplingOptions
 
@@ -306,3 +306,26 @@ def _serve(cfg: ServeConfig, options: SamplingOptions, api_key: str | None) -> i
     from chatbot.serve.server import run_server
 
     return run_server(cfg, options, api_key)
+
+
+def export_parser() -> argparse.ArgumentParser:
+    return build_parser(
+        "chatbot-export", "Convert a model folder for another CPU runtime: CTranslate2 (int8 by default) or "
+        "ONNX Runtime. The output folder also holds the tokenizer, chat template and generation config.",
+        ExportConfig, CommonOptions,
+        epilog="e.g. chatbot-export --to ct2 --model model/final -o model/final-ct2")
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """`chatbot-export`: a model folder converted for CTranslate2 or ONNX Runtime."""
+    cfg, common = parse_options(export_parser(), argv, ExportConfig, CommonOptions)
+
+    def body() -> None:
+        from chatbot.deploy.export import export_model
+
+        _quiet_transformers()
+        folder = export_model(cfg.model, cfg.output, to=cfg.to, quantization=cfg.quantization,
+                              overwrite=cfg.overwrite)
+        print(f"wrote the {cfg.to} export ({cfg.quantization}) of {cfg.model} to {folder}", file=sys.stderr)
+
+    return run_command(body, common.debug)

@@ -339,3 +339,16 @@ class ServeConfig:
                                  "Authorization header carries; the key given has other characters")
             return key
         return None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    to: str = opt(help="the runtime: ct2 = CTranslate2 (pip install 'chatbot-zh[ct2]'), onnx = ONNX Runtime "
+                       "with a KV cache (pip install 'chatbot-zh[onnx]')", choices=("ct2", "onnx"))
+    output: str = opt(help="folder to write the exported model into", short="-o", metavar="DIR")
+    model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id",
+                     metavar="DIR|ID")
+    quantization: str = opt("int8", "weights of the linear layers: int8 (smaller, faster on a CPU) or fp32",
+                            choices=("int8", "fp32"))
+    overwrite: bool = opt(False, "replace --output when it holds a previous chatbot-export output "
+                                 "(never anything else)")

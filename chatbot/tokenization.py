@@ -79,6 +79,11 @@ def load_tokenizer(path: str | Path) -> BertTokenizerFast:
         tokenizer.add_special_tokens({"additional_special_tokens": extra})
     # BertTokenizerFast rebuilds BERT's spaced decoder on every load, whatever tokenizer.json holds.
     tokenizer.backend_tokenizer.decoder = readable_decoder()
+    # Folders written before issue 19 name no eos/bos and let the tokenizer return all-zero
+    # token_type_ids; set here as chatbot.model.hf_files.tokenizer_fields saves them. Neither
+    # changes an encoding: the post-processor in tokenizer.json adds [CLS] and [SEP] itself.
+    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
     return tokenizer
 
 

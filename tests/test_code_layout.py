@@ -18,10 +18,12 @@ LAYERS = [
     ["generate"],  # ids -> ids: the decoding core shared by chat, eval and serving
     ["conversation", "bot"],  # the ChatBot facade
     ["evaluate", "reports", "config"],
-    ["train", "serve"],  # the two long-running jobs
+    ["train", "serve", "deploy"],  # the two long-running jobs, and exports for other runtimes
     ["repl", "cli", ""],  # the faces: commands, the terminal and `import chatbot`
 ]
-OPTIONAL = {"fastapi": "serve", "uvicorn": "serve", "starlette": "serve"}  # dependency -> the folder that owns it
+# dependency -> the folder that owns it
+OPTIONAL = {"fastapi": "serve", "uvicorn": "serve", "starlette": "serve",
+            "ctranslate2": "deploy", "onnxruntime": "deploy"}
 
 
 def module_name(path: Path) -> str:

@@ -118,3 +118,34 @@ def test_a_cdial_model_saved_by_us_keeps_its_layout_in_the_template_and_decoder(
     assert rendered == [CDIAL_CLS, SPK1, 9, 9, SPK2, 8, 5, SPK1, 4, 5, SPK2]
     ids = hf_tokenizer.encode("ab 你好", add_special_tokens=False)
     assert hf_tokenizer.decode(ids) == decode_ids(tokenizer, ids) == "ab你好"  # one token per character
+
+
+def test_tokenizer_config_names_eos_bos_and_speakers_as_every_transformers_reads_them(tiny_model_dir):
+    config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    # transformers 4 fails on a list under extra_special_tokens; CTranslate2 and vLLM need eos.
+    assert "extra_special_tokens" not in config
+    assert {k: config[k] for k in ("additional_special_tokens", "bos_token", "eos_token", "model_input_names")} \
+        == {"additional_special_tokens": ["[speaker1]", "[speaker2]"], "bos_token": "[CLS]",
+            "eos_token": "[SEP]", "model_input_names": ["input_ids", "attention_mask"]}
+    hf_tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert (hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id) == (CLS, SEP)
+    assert hf_tokenizer("你好[speaker1]") == {"input_ids": [CLS, 7, 8, 5, SEP], "attention_mask": [1] * 5}
+
+
+def test_plain_greedy_generate_replies_what_chatbot_replies(tiny_model_dir):
+    # The same prompt, bans and stop: the ids match, with no token_type_ids passed on either side.
+    hf_tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    messages = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好吗"},
+                {"role": "user", "content": "今天天气很好"}]
+    inputs = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                              return_dict=True)
+    # 10 new tokens: the whole context fits beside them, so ChatBot cuts nothing.
+    new = model.generate(**inputs, do_sample=False, no_repeat_ngram_size=0, max_new_tokens=10)
+    new = new[0, inputs["input_ids"].shape[1]:]
+    bot = ChatBot.from_pretrained(tiny_model_dir, device="cpu", dtype="fp32", temperature=0,
+                                  no_repeat_ngram_size=0, max_new_tokens=10)
+    reply = bot.reply("今天天气很好", history=["你好", "你好吗"])
+    assert hf_tokenizer.decode(new, skip_special_tokens=True) == reply
+    assert new.tolist() == [19] * 10  # ##k: "kkkkkkkkkk"
+

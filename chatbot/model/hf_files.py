@@ -4,8 +4,9 @@
 engines that read chat templates (vLLM, TGI) then prompt, sample and decode as `chatbot-chat` does:
 
 - `tokenizer_config.json` names the generic fast tokenizer class, so that the decoder saved in
-  `tokenizer.json` is used (`BertTokenizer` would rebuild BERT's spaced one), and
-  `model_max_length` is the model's length;
+  `tokenizer.json` is used (`BertTokenizer` would rebuild BERT's spaced one),
+  `model_max_length` is the model's length, and the fields other runtimes read are in the form
+  transformers 4 reads too (see `tokenizer_fields`);
 - `chat_template.jinja` renders the model's dialogue layout (`chatbot.layout.chat_template`);
 - `generation_config.json` holds `SamplingOptions`' defaults and bans the hidden tokens;
 - `README.md` is a model card.
@@ -44,6 +45,20 @@ def generation_config(tokenizer: BertTokenizerFast,
         suppress_tokens=sorted(banned_token_ids(tokenizer)))
 
 
+def tokenizer_fields(tokenizer: BertTokenizerFast) -> dict:
+    """The `tokenizer_config.json` fields that runtimes other than ours read from the tokenizer.
+
+    - `eos_token`/`bos_token`: [SEP] ends a reply and [CLS] opens the context, as in
+      `generation_config`; CTranslate2's converter and vLLM take the end of a reply from here.
+    - `model_input_names` without `token_type_ids`: the tokenizer can only give all-zero ones, and
+      GPT-2 adds the embedding of the token with that id (here [PAD] or [CLS]) to every position,
+      which no model of ours was trained with; speaker ids come from `chatbot.layout`. ONNX
+      Runtime's generate also refuses them.
+    """
+    return {"bos_token": tokenizer.cls_token, "eos_token": tokenizer.sep_token,
+            "model_input_names": ["input_ids", "attention_mask"]}
+
+
 def export_hf_files(path: Path, tokenizer: BertTokenizerFast, *, layout: str, model_max_length: int) -> None:
     """Complete a folder holding `save_pretrained`'s files with what the tools above read."""
     generation_config(tokenizer).save_pretrained(str(path))
@@ -52,7 +67,11 @@ def export_hf_files(path: Path, tokenizer: BertTokenizerFast, *, layout: str, mo
     config = json.loads(config_file.read_text(encoding="utf-8"))
     # PreTrainedTokenizerFast, not transformers 5's TokenizersBackend: older releases know it too.
     config.update(tokenizer_class="PreTrainedTokenizerFast", model_max_length=model_max_length,
-                  clean_up_tokenization_spaces=False)
+                  clean_up_tokenization_spaces=False, **tokenizer_fields(tokenizer))
+    # transformers 5 writes the speaker tokens as a list here; transformers 4 (what optimum-onnx and
+    # many deployments pin) expects a dict under this name and fails to load the tokenizer.
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
     config_file.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
