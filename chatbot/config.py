@@ -201,10 +201,41 @@ class PreprocessConfig:
             raise ValueError("give one of --vocab, --tokenizer or --vocab-out, not several")
 
 
+# chatbot-train's default --output-dir, and what in it chat loads by default: the weights with the best
+# validation perplexity first (later epochs may have overfitted), else the weights at the end.
+TRAIN_OUTPUT = Path("model")
+DEFAULT_MODELS = ("best", "final")
+
+
+def default_model(output_dir: Path = TRAIN_OUTPUT) -> str:
+    """`output_dir`/best if it exists, else `output_dir`/final: the model a plain `chatbot-chat` loads.
+
+    Looked up without torch, so a missing model is said at once.
+
+    Raises:
+        FileNotFoundError: if neither exists, naming the newest checkpoint-N when there is one.
+    """
+    for name in DEFAULT_MODELS:
+        if (output_dir / name).is_dir():
+            return str(output_dir / name)
+    steps = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*")
+                   if p.name.split("-")[1].isdigit() and p.is_dir())
+    missing = f"there is no {output_dir / 'best'} or {output_dir / 'final'} in {Path.cwd()}"
+    if steps:
+        newest = output_dir / f"checkpoint-{steps[-1]}"
+        raise FileNotFoundError(f"{missing}, only checkpoints (a training that has not finished?). Chat with "
+                                f"the newest: chatbot-chat --model {newest}; or finish the training: "
+                                f"chatbot-train --resume auto")
+    raise FileNotFoundError(f"{missing}. Train a model with `chatbot-train` (it writes them), or give "
+                            "chatbot-chat --model DIR|ID: a folder written by chatbot-train or "
+                            "`save_pretrained`, or a Hugging Face Hub id (org/name)")
+
+
 @dataclass(frozen=True)
 class ChatConfig:
-    model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id such as "
-                                    "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID")
+    model: str | None = opt(None, "model folder written by chatbot-train, or a Hugging Face Hub id such as "
+                                  "thu-coai/CDial-GPT_LCCC-base (default: model/best, the best validation "
+                                  "perplexity, if it exists, else model/final)", metavar="DIR|ID")
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE")
     dtype: str = opt("auto", "weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what "
                              "it runs natively; int8 is CPU-only", choices=DTYPES)
@@ -219,6 +250,10 @@ class ChatConfig:
     transcript: bool = opt(True, "save a transcript on exit")
     history_file: str = opt(str(Path.home() / ".chatbot_history"),
                             "keeps the lines you type, for Up-arrow recall across sessions", metavar="FILE")
+
+    def model_path(self) -> str:
+        """--model, else `default_model()`."""
+        return self.model or default_model()
 
 
 @dataclass(frozen=True)
