@@ -22,6 +22,10 @@ from chatbot.options import DTYPES
 from chatbot.resources import SAMPLE_TRAIN, SAMPLE_VALID, VOCAB
 
 REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
+# With --train alone, hold out this share for validation, for best/ and early stopping, as GPT2-chitchat
+# does. Below HOLDOUT_MIN_EXAMPLES the held-out few would be too noisy to pick a best model by and be
+# missed from training; HOLDOUT_MAX_EXAMPLES already measures perplexity closely on a large corpus.
+HOLDOUT_SHARE, HOLDOUT_MIN_EXAMPLES, HOLDOUT_MAX_EXAMPLES = 0.05, 200, 1000
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,9 @@ class TrainConfig:
                      "(default: the bundled sample of 438 dialogues)")
     valid: str | None = opt(None, "validation corpus or folder (default: the bundled sample's validation "
                                   "dialogues when training on the bundled sample, else none)")
-    valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation "
-                                  "instead of --valid")
+    valid_ratio: float | None = opt(None, "hold out this share of the training examples for validation "
+                                         "instead of --valid (default: with --train alone, 5%% of at least "
+                                         "200 examples, at most 1,000; 0: none)")
     format: str = opt("auto", "corpus format", choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read (train, valid, test)", metavar="NAME")
     skip_bad: bool = opt(False, "skip unreadable corpus records instead of stopping")
@@ -55,7 +60,7 @@ class TrainConfig:
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' "
                                    "(embeddings and the first N blocks)", metavar="WHAT")
     # optimisation
-    epochs: int = opt(40, "passes over the training data")
+    epochs: int = opt(15, "passes over the training data")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
     batch_size: int = opt(16, "examples per device per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
@@ -76,8 +81,10 @@ class TrainConfig:
     # evaluation, checkpoints, logging
     output_dir: str = opt("model", "where checkpoints, best/, final/ and metrics.jsonl go")
     eval_steps: int = opt(0, "also validate every N optimizer steps (0: once per epoch)")
-    patience: int = opt(0, "stop after N validations without improvement (0: never)")
-    save_steps: int = opt(0, "also save a checkpoint every N optimizer steps (0: once per epoch)")
+    patience: int = opt(3, "with validation data, stop after N validations without improvement (0: never)")
+    save_steps: int = opt(0, "save a checkpoint every N optimizer steps (0: by --save-minutes only)")
+    save_minutes: float = opt(10.0, "also save a checkpoint at the first logged step this many minutes after "
+                                    "the last one (0: never); one is always saved at the end")
     save_total_limit: int = opt(2, "keep only the newest N checkpoint-* folders (0: keep all)")
     log_steps: int = opt(10, "write metrics every N optimizer steps")
     resume: str | None = opt(None, "'auto' (newest readable checkpoint in --output-dir) "
@@ -102,11 +109,12 @@ class TrainConfig:
             ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0 and finite"),
             ("warmup_steps", self.warmup_steps is None or self.warmup_steps >= 0, ">= 0"),
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
-            ("valid_ratio", 0 <= self.valid_ratio < 1, "in [0, 1)"),
+            ("valid_ratio", self.valid_ratio is None or 0 <= self.valid_ratio < 1, "in [0, 1)"),
             ("max_grad_norm", 0 <= self.max_grad_norm < math.inf, ">= 0 and finite"),
             ("max_len", self.max_len is None or self.max_len >= 4, ">= 4"),
             ("eval_steps", self.eval_steps >= 0, ">= 0"), ("save_steps", self.save_steps >= 0, ">= 0"),
             ("patience", self.patience >= 0, ">= 0"),
+            ("save_minutes", 0 <= self.save_minutes < math.inf, ">= 0 and finite"),
             ("save_total_limit", self.save_total_limit >= 0, ">= 0"),
             ("log_steps", self.log_steps >= 1, ">= 1"), ("num_workers", self.num_workers >= 0, ">= 0"),
             ("eval_generate", self.eval_generate >= 0, ">= 0"),
@@ -137,6 +145,15 @@ class TrainConfig:
         if self.valid is None and not self.valid_ratio and Path(self.train).resolve() == SAMPLE_TRAIN:
             return str(SAMPLE_VALID)
         return self.valid
+
+    def holdout_ratio(self, n_examples: int) -> float:
+        """--valid-ratio; by default, with no validation corpus, `HOLDOUT_SHARE` of `n_examples` training
+        examples (at most `HOLDOUT_MAX_EXAMPLES`) when there are `HOLDOUT_MIN_EXAMPLES` or more, else 0."""
+        if self.valid_ratio is not None:
+            return self.valid_ratio
+        if self.valid_path() is not None or n_examples < HOLDOUT_MIN_EXAMPLES:
+            return 0.0
+        return min(HOLDOUT_SHARE, HOLDOUT_MAX_EXAMPLES / n_examples)
 
     def resolved_max_len(self, n_positions: int) -> int:
         """--max-len, by default min(256, n_positions).
