@@ -33,22 +33,21 @@ def test_best_validation_model_first_then_final(tmp_path, monkeypatch, folders, 
     assert ChatConfig(model="elsewhere/final").model_path() == "elsewhere/final"
 
 
-def test_no_model_is_one_line_before_torch_loads(tmp_path):
-    done = chat(tmp_path)
-    assert done.returncode == 2 and done.stdout == "[]\n"
-    assert done.stderr == (
-        f"error: there is no model/best or model/final in {tmp_path}. Train a model with `chatbot-train` (it "
-        "writes them), or give chatbot-chat --model DIR|ID: a folder written by chatbot-train or "
-        "`save_pretrained`, or a Hugging Face Hub id (org/name)\n")
+NO_MODEL = "error: there is no model/best or model/final in {cwd}"
 
 
-def test_only_checkpoints_names_the_newest(tmp_path):
-    for step in (9, 80, 120):
-        (tmp_path / "model" / f"checkpoint-{step}").mkdir(parents=True)
+@pytest.mark.parametrize("checkpoints, message", [
+    ([], ". Train a model with `chatbot-train` (it writes them), or give chatbot-chat --model DIR|ID: a folder "
+         "written by chatbot-train or `save_pretrained`, or a Hugging Face Hub id (org/name)\n"),
+    ([9, 80, 120], ", only checkpoints (a training that has not finished?). Chat with the newest: "
+                   "chatbot-chat --model model/checkpoint-120; or finish the training: chatbot-train --resume "
+                   "auto\n"),
+])
+def test_no_model_is_one_line_before_torch_loads(tmp_path, checkpoints, message):
+    (tmp_path / "model").mkdir()
     (tmp_path / "model" / "metrics.jsonl").write_text("")
+    for step in checkpoints:
+        (tmp_path / "model" / f"checkpoint-{step}").mkdir()
     done = chat(tmp_path)
-    assert done.returncode == 2 and done.stdout == "[]\n"
-    assert done.stderr == (
-        f"error: there is no model/best or model/final in {tmp_path}, only checkpoints (a training that has "
-        "not finished?). Chat with the newest: chatbot-chat --model model/checkpoint-120; or finish the "
-        "training: chatbot-train --resume auto\n")
+    assert done.returncode == 2 and done.stdout == "[]\n"  # no torch, no transformers
+    assert done.stderr == NO_MODEL.format(cwd=tmp_path) + message
