@@ -60,7 +60,7 @@ class TrainConfig:
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' "
                                    "(embeddings and the first N blocks)", metavar="WHAT")
     # optimisation
-    epochs: int = opt(15, "passes over the training data")
+    epochs: int = opt(40, "passes over the training data (fewer with early stopping: see --patience)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
     batch_size: int = opt(16, "examples per device per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
