@@ -185,7 +185,8 @@ def chat_main(argv: list[str] | None = None) -> int:
 
 
 def _chat(cfg: ChatConfig, options: SamplingOptions) -> int:
-    # Imported here so that `--help` and flag errors answer without loading torch.
+    model = cfg.model_path()  # before torch loads: with no model to chat with, say so at once
+    # Imported here so that `--help`, flag errors and a missing model answer without loading torch.
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
@@ -195,9 +196,9 @@ def _chat(cfg: ChatConfig, options: SamplingOptions) -> int:
     # Before loading the model: a bad --log-dir fails at once.
     log_dir, autosave = _transcript_plan(cfg.log_dir, cfg.transcript)
     hf_logging.disable_progress_bar()  # a bar per model load would clutter the chat
-    bot = ChatBot.from_pretrained(cfg.model, cfg.device, dtype=cfg.dtype, mmi_model=cfg.mmi_model,
+    bot = ChatBot.from_pretrained(model, cfg.device, dtype=cfg.dtype, mmi_model=cfg.mmi_model,
                                   max_history=cfg.max_history, **dataclasses.asdict(options))
-    session = Session(bot, model_name=str(cfg.model), log_dir=log_dir, seed=cfg.seed)
+    session = Session(bot, model_name=model, log_dir=log_dir, seed=cfg.seed)
     saved = True
     try:
         if sys.stdin.isatty():

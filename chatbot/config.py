@@ -25,6 +25,10 @@ from chatbot.resources import SAMPLE_TRAIN, SAMPLE_VALID, VOCAB
 # Host header names chatbot-serve always answers to: this machine's own.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 REPORT_TO = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # choice -> package it needs
+# With --train alone, hold out this share for validation, for best/ and early stopping, as GPT2-chitchat
+# does. Below HOLDOUT_MIN_EXAMPLES the held-out few would be too noisy to pick a best model by and be
+# missed from training; HOLDOUT_MAX_EXAMPLES already measures perplexity closely on a large corpus.
+HOLDOUT_SHARE, HOLDOUT_MIN_EXAMPLES, HOLDOUT_MAX_EXAMPLES = 0.05, 200, 1000
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,9 @@ class TrainConfig:
                      aliases=("--train-path", "--train-raw-path"))
     valid: str | None = opt(None, "validation corpus or folder (default: the bundled sample's validation "
                                   "dialogues when training on the bundled sample, else none)")
-    valid_ratio: float = opt(0.0, "hold out this share of the training examples for validation "
-                                  "instead of --valid")
+    valid_ratio: float | None = opt(None, "hold out this share of the training examples for validation "
+                                         "instead of --valid (default: with --train alone, 5%% of at least "
+                                         "200 examples, at most 1,000; 0: none)")
     format: str = opt("auto", "corpus format", choices=FORMATS)
     split: str | None = opt(None, "LCCC split to read (train, valid, test)", metavar="NAME")
     skip_bad: bool = opt(False, "skip unreadable corpus records instead of stopping")
@@ -62,7 +67,7 @@ class TrainConfig:
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' "
                                    "(embeddings and the first N blocks)", metavar="WHAT")
     # optimisation
-    epochs: int = opt(40, "passes over the training data")
+    epochs: int = opt(40, "passes over the training data (fewer with early stopping: see --patience)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
     batch_size: int = opt(16, "examples per device per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step",
@@ -87,8 +92,10 @@ class TrainConfig:
                           aliases=("--save-model-path", "--dialogue-model-output-path",
                                    "--mmi-model-output-path"))
     eval_steps: int = opt(0, "also validate every N optimizer steps (0: once per epoch)")
-    patience: int = opt(0, "stop after N validations without improvement (0: never)")
-    save_steps: int = opt(0, "also save a checkpoint every N optimizer steps (0: once per epoch)")
+    patience: int = opt(3, "with validation data, stop after N validations without improvement (0: never)")
+    save_steps: int = opt(0, "save a checkpoint every N optimizer steps (0: by --save-minutes only)")
+    save_minutes: float = opt(10.0, "also save a checkpoint at the first logged step this many minutes after "
+                                    "the last one (0: never); one is always saved at the end")
     save_total_limit: int = opt(2, "keep only the newest N checkpoint-* folders (0: keep all)")
     log_steps: int = opt(10, "write metrics every N optimizer steps", aliases=("--log-step",))
     resume: str | None = opt(None, "'auto' (newest readable checkpoint in --output-dir) "
@@ -113,11 +120,12 @@ class TrainConfig:
             ("weight_decay", 0 <= self.weight_decay < math.inf, ">= 0 and finite"),
             ("warmup_steps", self.warmup_steps is None or self.warmup_steps >= 0, ">= 0"),
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
-            ("valid_ratio", 0 <= self.valid_ratio < 1, "in [0, 1)"),
+            ("valid_ratio", self.valid_ratio is None or 0 <= self.valid_ratio < 1, "in [0, 1)"),
             ("max_grad_norm", 0 <= self.max_grad_norm < math.inf, ">= 0 and finite"),
             ("max_len", self.max_len is None or self.max_len >= 4, ">= 4"),
             ("eval_steps", self.eval_steps >= 0, ">= 0"), ("save_steps", self.save_steps >= 0, ">= 0"),
             ("patience", self.patience >= 0, ">= 0"),
+            ("save_minutes", 0 <= self.save_minutes < math.inf, ">= 0 and finite"),
             ("save_total_limit", self.save_total_limit >= 0, ">= 0"),
             ("log_steps", self.log_steps >= 1, ">= 1"), ("num_workers", self.num_workers >= 0, ">= 0"),
             ("eval_generate", self.eval_generate >= 0, ">= 0"),
@@ -148,6 +156,15 @@ class TrainConfig:
         if self.valid is None and not self.valid_ratio and Path(self.train).resolve() == SAMPLE_TRAIN:
             return str(SAMPLE_VALID)
         return self.valid
+
+    def holdout_ratio(self, n_examples: int) -> float:
+        """--valid-ratio; by default, with no validation corpus, `HOLDOUT_SHARE` of `n_examples` training
+        examples (at most `HOLDOUT_MAX_EXAMPLES`) when there are `HOLDOUT_MIN_EXAMPLES` or more, else 0."""
+        if self.valid_ratio is not None:
+            return self.valid_ratio
+        if self.valid_path() is not None or n_examples < HOLDOUT_MIN_EXAMPLES:
+            return 0.0
+        return min(HOLDOUT_SHARE, HOLDOUT_MAX_EXAMPLES / n_examples)
 
     def resolved_max_len(self, n_positions: int) -> int:
         """--max-len, by default min(256, n_positions).
@@ -212,11 +229,42 @@ class PreprocessConfig:
             raise ValueError("give one of --vocab, --tokenizer or --vocab-out, not several")
 
 
+# chatbot-train's default --output-dir, and what in it chat loads by default: the weights with the best
+# validation perplexity first (later epochs may have overfitted), else the weights at the end.
+TRAIN_OUTPUT = Path("model")
+DEFAULT_MODELS = ("best", "final")
+
+
+def default_model(output_dir: Path = TRAIN_OUTPUT) -> str:
+    """`output_dir`/best if it exists, else `output_dir`/final: the model a plain `chatbot-chat` loads.
+
+    Looked up without torch, so a missing model is said at once.
+
+    Raises:
+        FileNotFoundError: if neither exists, naming the newest checkpoint-N when there is one.
+    """
+    for name in DEFAULT_MODELS:
+        if (output_dir / name).is_dir():
+            return str(output_dir / name)
+    steps = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*")
+                   if p.name.split("-")[1].isdigit() and p.is_dir())
+    missing = f"there is no {output_dir / 'best'} or {output_dir / 'final'} in {Path.cwd()}"
+    if steps:
+        newest = output_dir / f"checkpoint-{steps[-1]}"
+        raise FileNotFoundError(f"{missing}, only checkpoints (a training that has not finished?). Chat with "
+                                f"the newest: chatbot-chat --model {newest}; or finish the training: "
+                                f"chatbot-train --resume auto")
+    raise FileNotFoundError(f"{missing}. Train a model with `chatbot-train` (it writes them), or give "
+                            "chatbot-chat --model DIR|ID: a folder written by chatbot-train or "
+                            "`save_pretrained`, or a Hugging Face Hub id (org/name)")
+
+
 @dataclass(frozen=True)
 class ChatConfig:
-    model: str = opt("model/final", "model folder written by chatbot-train, or a Hugging Face Hub id such as "
-                                    "thu-coai/CDial-GPT_LCCC-base", metavar="DIR|ID",
-                     aliases=("--model-path", "--dialogue-model-path"))
+    model: str | None = opt(None, "model folder written by chatbot-train, or a Hugging Face Hub id such as "
+                                  "thu-coai/CDial-GPT_LCCC-base (default: model/best, the best validation "
+                                  "perplexity, if it exists, else model/final)", metavar="DIR|ID",
+                            aliases=("--model-path", "--dialogue-model-path"))
     device: str = opt("auto", "auto (CUDA if available), cpu, cuda or cuda:N", metavar="DEVICE",
                       aliases=("--no-cuda=cpu",))
     dtype: str = opt("auto", "weights: auto = bf16 on a GPU; on a CPU int8, else bf16, else fp32, by what "
@@ -235,6 +283,10 @@ class ChatConfig:
     transcript: bool = opt(True, "save a transcript on exit")
     history_file: str = opt(str(Path.home() / ".chatbot_history"),
                             "keeps the lines you type, for Up-arrow recall across sessions", metavar="FILE")
+
+    def model_path(self) -> str:
+        """--model, else `default_model()`."""
+        return self.model or default_model()
 
 
 @dataclass(frozen=True)

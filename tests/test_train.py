@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from transformers import BertTokenizerFast, GPT2LMHeadModel
 
 from chatbot.cli import train_main
 from chatbot.config import TrainConfig
-from chatbot.train.loop import train
+from chatbot.train.checkpoint import TrainState
+from chatbot.train.loop import stop_reason, train
 from chatbot.train.optim import lr_factor
 from conftest import tiny_config
 
@@ -227,3 +229,78 @@ def test_resume_drops_the_metrics_rows_past_its_checkpoint(corpus, model_config,
     assert capsys.readouterr().err == ""
     assert [r["step"] for r in rows(out)] == [1, 2, 3, 4, 5]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def checkpoint_steps(out):
+    return sorted(int(p.name.split("-")[1]) for p in Path(out).glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("cadence, steps", [
+    (dict(save_minutes=0), [20]),  # 4 epochs of 5 steps: not one checkpoint per epoch, one at the end
+    (dict(save_minutes=0, save_steps=6), [6, 12, 18, 20]),
+    # Due at every logged step: a step takes longer than 60 ns.
+    (dict(save_minutes=1e-9, log_steps=5), [5, 10, 15, 20]),
+])
+def test_checkpoints_by_steps_and_minutes_not_by_epoch(corpus, model_config, vocab_file, tmp_path, cadence,
+                                                       steps):
+    fields = dict(dict(epochs=4, save_total_limit=0), **cadence)
+    run(corpus, model_config, vocab_file, tmp_path / "out", **fields)
+    assert checkpoint_steps(tmp_path / "out") == steps
+
+
+@pytest.mark.parametrize("valid_ratio, valid, examples, expected", [
+    (None, None, 199, 0.0),  # too few to hold some out
+    (None, None, 200, 0.05),
+    (None, None, 100_000, 0.01),  # at most 1,000 examples
+    (None, "valid.txt", 10_000, 0.0),
+    (0.0, None, 10_000, 0.0),
+    (0.2, None, 10, 0.2),
+])
+def test_validation_is_held_out_of_train_by_default(valid_ratio, valid, examples, expected):
+    cfg = TrainConfig(train="corpus.txt", valid=valid, valid_ratio=valid_ratio)
+    assert cfg.holdout_ratio(examples) == expected
+
+
+@pytest.fixture
+def tables(monkeypatch):
+    """The rows of each table chatbot-train prints, by title."""
+    printed = {}
+    monkeypatch.setattr("chatbot.train.loop.print_table",
+                        lambda title, rows: printed.update({title: dict(rows)}))
+    return printed
+
+
+def test_train_alone_holds_out_validation_and_says_so(model_config, vocab_file, tmp_path, tables):
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("\n\n".join(DIALOGUES * 50), encoding="utf-8")  # 200 dialogues
+    out = tmp_path / "out"
+    run(corpus, model_config, vocab_file, out, max_steps=2, quiet=False)
+    plan = tables["chatbot-train"]
+    assert plan["valid examples"] == ("10 (5.0% held out of the training data, by default; "
+                                      "--valid-ratio 0 for none)")
+    assert plan["train examples / tokens"].startswith("190 / ")
+    assert plan["early stopping"] == "after 3 validations without improvement"
+    assert plan["checkpoints"] == "every 10 min, at the end; newest 2 kept"
+    assert json.loads((out / "best" / "training_args.json").read_text())["valid_ratio"] == 0.05
+    assert tables["training finished"]["chat with it"] == f"chatbot-chat --model {out / 'best'}"
+
+
+def test_small_corpus_alone_has_no_validation_and_says_why(corpus, model_config, vocab_file, tmp_path,
+                                                           tables):
+    out = tmp_path / "out"
+    run(corpus, model_config, vocab_file, out, max_steps=2, quiet=False, save_steps=1)
+    plan = tables["chatbot-train"]
+    assert plan["valid examples"] == ("none: 20 examples are too few to hold some out (< 200); "
+                                      "give --valid FILE or --valid-ratio F")
+    assert plan["early stopping"] == "off"
+    assert plan["checkpoints"] == "every 1 steps, every 10 min, at the end; newest 2 kept"
+    assert not (out / "best").exists()
+    assert tables["training finished"]["chat with it"] == f"chatbot-chat --model {out / 'final'}"
+
+
+def test_early_stopping_is_on_by_default():
+    state = TrainState(step=30, epoch=6, bad_evals=3)
+    run_ = SimpleNamespace(cfg=TrainConfig(), state=state, total_steps=90, device=torch.device("cpu"))
+    assert stop_reason(run_, SimpleNamespace(signum=None)) == "no improvement in 3 validations"
+    state.bad_evals = 2
+    assert stop_reason(run_, SimpleNamespace(signum=None)) is None

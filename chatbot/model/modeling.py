@@ -37,8 +37,8 @@ TRAINING_ARGS = "training_args.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 MODEL_CLASSES = {"gpt2": GPT2LMHeadModel, "openai-gpt": OpenAIGPTLMHeadModel}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as on huggingface.co
-_MODEL_HINT = ("Train one with `chatbot-train` (it writes model/final), or pass --model/--pretrained "
-               "with a folder written by `save_pretrained` or a Hugging Face Hub id (org/name).")
+_MODEL_HINT = ("Train one with `chatbot-train` (it writes model/best and model/final), or give a folder "
+               "written by chatbot-train or `save_pretrained`, or a Hugging Face Hub id (org/name).")
 
 
 def load_gpt2_config(path: str | Path, tokenizer: BertTokenizerFast) -> GPT2Config:

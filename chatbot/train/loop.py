@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from chatbot.config import TrainConfig
+from chatbot.config import HOLDOUT_MIN_EXAMPLES, TrainConfig
 from chatbot.data.dataset import (LengthGroupedBatchSampler, load_dataset, make_collate, make_loader,
                                   padding_fraction, split_holdout)
 from chatbot.distributed import (
@@ -94,6 +94,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     batches: Iterator | None = None  # the current epoch's micro-batches
     saved_step: int | None = None  # step of the last checkpoint, so none is written twice
+    saved_at: float = field(default_factory=time.perf_counter)  # when it was written (rank 0's clock decides)
     evaluated_step: int | None = None
     evaluated_ppl: float | None = None  # validation perplexity at evaluated_step
     stop_reason: str | None = None
@@ -138,7 +139,7 @@ def setup(cfg: TrainConfig) -> Run:
                                                       resize_embeddings=cfg.resize_embeddings)
     max_len = cfg.resolved_max_len(model.config.n_positions)
     params = apply_freeze(model, cfg.freeze)
-    train_set, valid_set = setup_data(cfg, info, tokenizer, max_len=max_len, layout=layout)
+    train_set, valid_set, valid_ratio = setup_data(cfg, info, tokenizer, max_len=max_len, layout=layout)
     raw_model, model, autocast_dtype, use_scaler, precision = _place_model(model, cfg, info, device)
     collate = make_collate(tokenizer, loss_on=cfg.loss_on, speaker_ids=cfg.speaker_ids, reverse=cfg.reverse,
                            layout=layout)
@@ -152,8 +153,8 @@ def setup(cfg: TrainConfig) -> Run:
     warmup = cfg.warmup(total_steps)
     optimizer = make_optimizer(raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     run = Run(cfg=cfg, info=info, device=device, model=model, raw_model=raw_model, tokenizer=tokenizer,
-              training_args=dict(cfg.recorded(), valid=cfg.valid_path(), max_len=max_len, source=source,
-                                 layout=layout),
+              training_args=dict(cfg.recorded(), valid=cfg.valid_path(), valid_ratio=valid_ratio,
+                                 max_len=max_len, source=source, layout=layout),
               train_set=train_set, valid_set=valid_set, collate=collate, sampler=sampler, loader=loader,
               optimizer=optimizer,
               scheduler=make_scheduler(optimizer, warmup=warmup, total=total_steps, kind=cfg.scheduler),
@@ -176,7 +177,8 @@ def setup(cfg: TrainConfig) -> Run:
 
 
 def setup_data(cfg: TrainConfig, info: DistInfo, tokenizer, *, max_len: int, layout: str):
-    """(train, valid or None): corpora encoded once into the cache, or chatbot-preprocess folders.
+    """(train, valid or None, share held out of train): corpora encoded once into the cache, or
+    chatbot-preprocess folders.
 
     Raises:
         ValueError: if there are fewer training examples than processes, or --eval-generate has
@@ -191,14 +193,15 @@ def setup_data(cfg: TrainConfig, info: DistInfo, tokenizer, *, max_len: int, lay
         valid_set = load_dataset(valid, tokenizer, **common) if valid else None
     if info.is_main:
         print_unk_rate(train_set.meta, cfg.train, quiet=cfg.quiet)
-    if cfg.valid_ratio:
-        train_set, valid_set = split_holdout(train_set, cfg.valid_ratio, cfg.seed)
+    valid_ratio = cfg.holdout_ratio(len(train_set))
+    if valid_ratio:
+        train_set, valid_set = split_holdout(train_set, valid_ratio, cfg.seed)
     if len(train_set) < info.world_size:
         raise ValueError(f"{cfg.train} gave {len(train_set)} training examples, fewer than the "
                          f"{info.world_size} processes; use more data")
     if cfg.eval_generate and valid_set is None:
         raise ValueError("--eval-generate needs validation data: give --valid FILE or --valid-ratio F")
-    return train_set, valid_set
+    return train_set, valid_set, valid_ratio
 
 
 def _place_model(model, cfg: TrainConfig, info: DistInfo, device: torch.device):
@@ -225,16 +228,40 @@ def _print_plan(run: Run, *, source: str, params: tuple[int, int], warmup: int, 
     print_table("chatbot-train", [
         ("model", source), ("parameters", params[1]), ("trainable parameters", params[0]),
         ("train examples / tokens", f"{len(train_set):,} / {int(train_set.lengths.sum()):,}"),
-        ("valid examples", len(run.valid_set) if run.valid_set is not None else "none"),
+        ("valid examples", _valid_source(run)),
         ("max_len / loss on", f"{run.training_args['max_len']} / {cfg.loss_on}"),
         ("effective batch", f"{cfg.batch_size} x {cfg.grad_accum} accum x {info.world_size} proc = "
                             f"{cfg.batch_size * cfg.grad_accum * info.world_size}"),
         ("padding (length-grouped)", f"{pad:.1%}"),
         ("steps", f"{run.total_steps:,} ({steps_per_epoch:,} per epoch, warmup {warmup:,})"),
+        ("early stopping", f"after {cfg.patience} validations without improvement"
+                           if cfg.patience and run.valid_set is not None else "off"),
+        ("checkpoints", _save_plan(cfg)),
         ("device / precision", f"{run.device} / {precision}"),
         ("resuming from", str(resume_dir) if resume_dir else "no"),
         ("output", str(run.output_dir)),
     ])
+
+
+def _valid_source(run: Run) -> str:
+    """How many validation examples, and where they come from."""
+    cfg, ratio = run.cfg, run.training_args["valid_ratio"]
+    if run.valid_set is None:
+        if cfg.valid_ratio == 0:
+            return "none (--valid-ratio 0)"
+        return (f"none: {len(run.train_set):,} examples are too few to hold some out "
+                f"(< {HOLDOUT_MIN_EXAMPLES}); give --valid FILE or --valid-ratio F")
+    if not ratio:
+        return f"{len(run.valid_set):,} ({run.training_args['valid']})"
+    given = "--valid-ratio" if cfg.valid_ratio is not None else "by default; --valid-ratio 0 for none"
+    return f"{len(run.valid_set):,} ({ratio:.1%} held out of the training data, {given})"
+
+
+def _save_plan(cfg: TrainConfig) -> str:
+    when = [f"every {cfg.save_steps:,} steps"] if cfg.save_steps else []
+    when += [f"every {cfg.save_minutes:g} min"] if cfg.save_minutes else []
+    kept = f"newest {cfg.save_total_limit} kept" if cfg.save_total_limit else "all kept"
+    return f"{', '.join(when + ['at the end'])}; {kept}"
 
 
 # ---------------------------------------------------------------- fit
@@ -275,7 +302,7 @@ def fit(run: Run) -> None:
             if run.valid_set is not None and cfg.eval_steps and st.step % cfg.eval_steps == 0:
                 validate(run)
             # save
-            if cfg.save_steps and st.step % cfg.save_steps == 0:
+            if save_due(run):
                 save(run)
     run.stop_reason = reason
     if reason == "interrupted":
@@ -314,7 +341,20 @@ def end_epoch(run: Run) -> None:
     run.batches = None
     if run.valid_set is not None:
         validate(run)
-    save(run)
+
+
+def save_due(run: Run) -> bool:
+    """Every --save-steps steps, and at the first logged step --save-minutes after the last checkpoint.
+
+    Not at every epoch's end: on a small corpus that wrote a checkpoint every few seconds. The time is
+    looked at only on logged steps, where every rank is, and rank 0's clock decides for all.
+    """
+    cfg, step = run.cfg, run.state.step
+    if cfg.save_steps and step % cfg.save_steps == 0:
+        return True
+    if not cfg.save_minutes or step % cfg.log_steps:
+        return False
+    return broadcast_flag(time.perf_counter() - run.saved_at >= 60 * cfg.save_minutes, run.device)
 
 
 def log_window(run: Run) -> None:
@@ -356,7 +396,7 @@ def save(run: Run) -> Path | None:
     """A checkpoint of the current step (once per step), on rank 0; every rank takes part."""
     if run.saved_step == run.state.step:
         return None
-    run.saved_step = run.state.step
+    run.saved_step, run.saved_at = run.state.step, time.perf_counter()
     # On every rank, so that all stop together.
     check_finite_weights(run.raw_model, f"checkpoint-{run.state.step}", run.output_dir)
     ckpt_state = trainer_state(run.optimizer, run.scheduler, run.scaler, run.state, run.info)
@@ -405,7 +445,7 @@ def finish(run: Run) -> TrainResult:
             ("best valid perplexity", f"{best_ppl:.2f}" if best_ppl else "no validation data"),
             ("final model", str(run.output_dir / "final")),
             ("best model", str(run.output_dir / "best") if best_ppl else "-"),
-            ("chat with it", f"chatbot-chat --model {run.output_dir / 'final'}"),
+            ("chat with it", f"chatbot-chat --model {run.output_dir / ('best' if best_ppl else 'final')}"),
         ])
     return TrainResult(st.step, 0, best_ppl, run.output_dir, run.raw_model)
 
