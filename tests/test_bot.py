@@ -18,6 +18,8 @@ from chatbot.layout import join_turns, speaker_type_ids
 from chatbot.model.modeling import save_model
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.transformers_api
+
 CLS, SEP, SPK1, SPK2 = 2, 3, 5, 6
 EXAMPLE = Path(__file__).parents[1] / "examples" / "bot.py"
 
