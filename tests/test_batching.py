@@ -5,6 +5,8 @@ from chatbot.generate.batching import BatchDecoder, NewRows
 from chatbot.options import SamplingOptions
 from chatbot.generate.sampling import generate_tokens
 
+pytestmark = pytest.mark.transformers_api
+
 EOS = 3
 PROMPTS = [[2, 7, 8, 3], [2, 9, 10, 11, 12, 13, 3, 14, 15, 3], [2, 16, 3],
            [2, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 3, 17, 3]]

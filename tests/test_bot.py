@@ -20,6 +20,8 @@ from chatbot.model.modeling import save_model
 from chatbot.tokenization import encode_texts
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.transformers_api
+
 CLS, SEP, SPK1, SPK2 = 2, 3, 5, 6
 EXAMPLE = Path(__file__).parents[1] / "examples" / "bot.py"
 

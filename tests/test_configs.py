@@ -7,6 +7,8 @@ from chatbot.model.limits import count_parameters
 from chatbot.model.modeling import build_model, load_gpt2_config
 from chatbot.tokenization import load_tokenizer
 
+pytestmark = pytest.mark.transformers_api
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {"tiny.json": (4, 256, 4, 256), "small.json": (6, 512, 8, 512), "base.json": (12, 768, 12, 1024)}
 

@@ -4,6 +4,8 @@ import pytest
 
 from chatbot.generate.detokenize import ReplyText, TextStream
 
+pytestmark = pytest.mark.transformers_api
+
 
 def ids(tokenizer, tokens: str) -> list[int]:
     return tokenizer.convert_tokens_to_ids(tokens.split())

@@ -15,6 +15,8 @@ from chatbot.model.modeling import load_model, save_model
 from chatbot.options import SamplingOptions
 from chatbot.tokenization import decode_ids
 
+pytestmark = pytest.mark.transformers_api
+
 CLS, SEP = 2, 3
 CDIAL_CLS, SPK1, SPK2 = 0, 17, 18  # their ids in conftest's CDIAL_VOCAB
 # A space next to a CJK character or full-width punctuation: what BERT's own decoder prints.

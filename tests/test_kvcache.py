@@ -6,6 +6,8 @@ from chatbot.generate import sampling
 from chatbot.generate.kvcache import PreallocatedLayer
 from chatbot.generate.sampling import generate_tokens
 
+pytestmark = pytest.mark.transformers_api
+
 
 def test_steps_write_into_one_buffer_and_return_the_filled_part():
     layer = PreallocatedLayer(capacity=5)

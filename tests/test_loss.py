@@ -9,6 +9,8 @@ from chatbot.data.dataset import make_collate
 from chatbot.layout import IGNORE_INDEX
 from chatbot.model.loss import NextTokenLoss, next_token_loss
 
+pytestmark = pytest.mark.transformers_api
+
 EXAMPLES = [[2, 7, 8, 3, 9, 10, 11, 3], [2, 12, 3, 13, 3], [2, 14, 15, 16, 3, 7, 3]]
 
 

@@ -6,6 +6,8 @@ from transformers import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 
 from chatbot.train.optim import apply_freeze, make_optimizer, make_scheduler
 
+pytestmark = pytest.mark.transformers_api
+
 # The tiny GPT-2 (conftest): 22 x 32 token and 64 x 32 position embeddings = 2,752 weights,
 # 12,704 per block, 64 in the final LayerNorm; lm_head shares the token embedding.
 EMBEDDINGS, BLOCK, TOTAL = 2_752, 12_704, 28_224

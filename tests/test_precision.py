@@ -15,6 +15,8 @@ from chatbot.model.modeling import build_model, load_model, save_model
 from chatbot.model.precision import prepare_model, resolve_dtype
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.transformers_api
+
 HANZI = "你好吗我很谢今天气"
 PROMPTS = ["你好", "今天", "我很", "谢谢", "天气", "你", "好吗", "气很", "今天天气", "我"]
 

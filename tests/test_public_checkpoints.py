@@ -16,6 +16,8 @@ from chatbot.model.modeling import dialogue_layout, load_model
 from chatbot.tokenization import load_tokenizer, split_characters, vocab_fingerprint
 from tests.conftest import CDIAL_VOCAB, cdial_config, drain
 
+pytestmark = pytest.mark.transformers_api
+
 CLS, PAD, SEP, UNK, SPK1, SPK2 = 0, 1, 2, 3, 17, 18  # their ids in CDIAL_VOCAB
 # uer/gpt2-chinese-*: bert-base-chinese's vocab.txt ([PAD], [unusedN], [UNK], [CLS], [SEP], [MASK], ...).
 UER_VOCAB = ["[PAD]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"你好吗我很谢今天气"]

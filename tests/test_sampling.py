@@ -11,6 +11,8 @@ from chatbot.generate.sampling import (CACHE_KEYWORD, apply_repetition_penalty, 
                                        generate_tokens, repeated_ngram_ids, sample_next_token)
 from chatbot.tokenization import hidden_token_ids
 
+pytestmark = pytest.mark.transformers_api
+
 EOS, FALLBACK = 3, 9
 CONTEXT = [2, 7, 8, 3, 10, 11, 3]  # [CLS] 你好 [SEP] 我很 [SEP]
 

@@ -3,6 +3,8 @@ import pytest
 from chatbot.tokenization import decode_ids, encode_texts, hidden_token_ids, load_tokenizer
 from conftest import TINY_VOCAB
 
+pytestmark = pytest.mark.transformers_api
+
 
 def test_tiny_tokenizer_has_every_line(tokenizer):
     assert len(tokenizer) == len(TINY_VOCAB) == 22

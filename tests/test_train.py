@@ -19,6 +19,8 @@ from chatbot.train.loop import stop_reason, train
 from chatbot.train.optim import lr_factor
 from conftest import tiny_config
 
+pytestmark = pytest.mark.transformers_api
+
 ROOT = Path(__file__).resolve().parents[1]
 DIALOGUES = ["你好\n你好吗\n我很好", "今天天气很好\n谢谢", "你好吗\n我很好\n谢谢", "今天\n天气好"]
 
