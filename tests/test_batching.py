@@ -4,6 +4,7 @@ import torch
 from chatbot.generate.batching import BatchDecoder, NewRows
 from chatbot.options import SamplingOptions
 from chatbot.generate.sampling import generate_tokens
+from conftest import drain
 
 pytestmark = pytest.mark.transformers_api
 
@@ -25,15 +26,6 @@ def alone(model, prompt, options, seed, types=None, reply_type=None):
     steps = generate_tokens(model, prompt, eos_id=EOS, banned_ids=BANNED, generator=torch.Generator().manual_seed(seed),
                             token_type_ids=types, reply_type_id=reply_type, **fields)
     return [ids[0] for ids in steps]
-
-
-def drain(decoder, out=None):
-    """Step `decoder` until it is empty; each key's tokens, appended to those already in `out`."""
-    out = {} if out is None else out
-    while len(decoder):
-        for key, token_id, _ in decoder.step():
-            out.setdefault(key, []).append(token_id)
-    return out
 
 
 def decode_staggered(decoder, joins, removals=()):

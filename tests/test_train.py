@@ -17,31 +17,11 @@ from chatbot.config import TrainConfig
 from chatbot.train.checkpoint import TrainState
 from chatbot.train.loop import stop_reason, train
 from chatbot.train.optim import lr_factor
-from conftest import tiny_config
+from conftest import TRAIN_DIALOGUES as DIALOGUES, tiny_config
 
-pytestmark = pytest.mark.transformers_api
+pytestmark = [pytest.mark.transformers_api, pytest.mark.usefixtures("chatbot_cache")]
 
 ROOT = Path(__file__).resolve().parents[1]
-DIALOGUES = ["你好\n你好吗\n我很好", "今天天气很好\n谢谢", "你好吗\n我很好\n谢谢", "今天\n天气好"]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "train.txt"
-    path.write_text("\n\n".join(DIALOGUES * 5), encoding="utf-8")  # 20 dialogues
-    return path
-
-
-@pytest.fixture
-def model_config(tmp_path):
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps({"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CHATBOT_CACHE", str(tmp_path / "cache"))
 
 
 def run(corpus, model_config, vocab_file, out, **overrides):
