@@ -59,6 +59,12 @@ def recover_stale(dest: Path) -> None:
             shutil.rmtree(leftover)
 
 
+def recover_stale_file(path: Path) -> None:
+    """Remove the `.NAME.tmp` file an `atomic_write_text(path)` killed before its rename left behind:
+    a partial copy, while `path` itself still holds every line."""
+    temp_names(path)[0].unlink(missing_ok=True)
+
+
 def recover_stale_in(folder: Path, is_ours_name: Callable[[str], bool]) -> list[str]:
     """`recover_stale` for every `.NAME.tmp`/`.NAME.old` in `folder` whose NAME `is_ours_name`;
     returns the names cleaned."""

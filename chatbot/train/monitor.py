@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from chatbot.distributed import all_reduce_sum
-from chatbot.fileio import atomic_write_text, temp_names
+from chatbot.fileio import atomic_write_text, recover_stale_file
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -193,8 +193,7 @@ def drop_rows_after(path: Path, step: int) -> None:
     An unterminated last line is a row a kill cut short, past any checkpoint: dropped too. A line that
     is not a row of ours is kept, and so is a file that is not UTF-8 text.
     """
-    # A rewrite killed before its rename leaves a partial copy; the rows are all still in `path`.
-    temp_names(path)[0].unlink(missing_ok=True)
+    recover_stale_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
