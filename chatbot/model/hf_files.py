@@ -1,7 +1,8 @@
 """What makes a model folder work unchanged in Hugging Face tools, beyond `save_pretrained`.
 
-`transformers.AutoTokenizer`, `pipeline("text-generation")`, `model.generate()` and the serving
-engines that read chat templates (vLLM, TGI) then prompt, sample and decode as `chatbot-chat` does:
+`transformers.AutoTokenizer`, `pipeline("text-generation")` and `model.generate()` then prompt, sample
+and decode as `chatbot-chat` does; serving engines that read chat templates (vLLM, TGI) prompt, stop and
+decode the same way but sample by their own rules (README, "Deploy on other engines"):
 
 - `tokenizer_config.json` names the generic fast tokenizer class, so that the decoder saved in
   `tokenizer.json` is used (`BertTokenizer` would rebuild BERT's spaced one),
