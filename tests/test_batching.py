@@ -1,9 +1,12 @@
+import copy
+
 import pytest
 import torch
 
 from chatbot.generate.batching import BatchDecoder, NewRows
 from chatbot.options import SamplingOptions
 from chatbot.generate.sampling import generate_tokens
+from chatbot.model.precision import prepare_model
 from conftest import drain
 
 pytestmark = pytest.mark.transformers_api
@@ -18,6 +21,15 @@ SETTINGS = {
     "penalised": dict(temperature=0.7, top_k=5, repetition_penalty=1.3, penalize_context=True,
                       no_repeat_ngram_size=2, min_new_tokens=3),
 }
+
+
+@pytest.fixture(params=["as built", "fp32", "bf16"])
+def model(request, tiny_model):
+    """The tiny model as built, and as `prepare_model` converts it for CPU inference (packed
+    oneDNN linear layers; for bf16 the decode attention too)."""
+    if request.param == "as built":
+        return tiny_model
+    return prepare_model(copy.deepcopy(tiny_model), request.param)
 
 
 def alone(model, prompt, options, seed, types=None, reply_type=None):
@@ -44,19 +56,19 @@ def decode_staggered(decoder, joins, removals=()):
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_rows_joining_at_any_step_decode_as_they_would_alone(tiny_model, setting):
+def test_rows_joining_at_any_step_decode_as_they_would_alone(model, setting):
     options = SamplingOptions(max_new_tokens=12, **SETTINGS[setting])
-    decoder = BatchDecoder(tiny_model, eos_id=EOS, banned_ids=BANNED)
+    decoder = BatchDecoder(model, eos_id=EOS, banned_ids=BANNED)
     # Prompts of different lengths join mid-way (the longest last, so every row gets left-padded),
     # and prompt 2 joins as two choices with their own seeds.
     joins = {0: (["a"], PROMPTS[0], options, [100]), 2: (["b"], PROMPTS[1], options, [101]),
              5: (["c0", "c1"], PROMPTS[2], options, [102, 103]), 6: (["d"], PROMPTS[3], options, [104])}
     out = decode_staggered(decoder, joins)
-    assert out["a"] == alone(tiny_model, PROMPTS[0], options, 100)
-    assert out["b"] == alone(tiny_model, PROMPTS[1], options, 101)
-    assert out["c0"] == alone(tiny_model, PROMPTS[2], options, 102)
-    assert out["c1"] == alone(tiny_model, PROMPTS[2], options, 103)
-    assert out["d"] == alone(tiny_model, PROMPTS[3], options, 104)
+    assert out["a"] == alone(model, PROMPTS[0], options, 100)
+    assert out["b"] == alone(model, PROMPTS[1], options, 101)
+    assert out["c0"] == alone(model, PROMPTS[2], options, 102)
+    assert out["c1"] == alone(model, PROMPTS[2], options, 103)
+    assert out["d"] == alone(model, PROMPTS[3], options, 104)
 
 
 def test_each_row_keeps_its_own_options_and_removed_rows_leave_at_once(tiny_model):
@@ -88,9 +100,9 @@ def test_speaker_segment_ids_follow_each_row(tiny_model, together):
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_prompts_prefilled_together_decode_as_they_would_alone(tiny_model, setting):
+def test_prompts_prefilled_together_decode_as_they_would_alone(model, setting):
     options = SamplingOptions(max_new_tokens=12, **SETTINGS[setting])
-    decoder = BatchDecoder(tiny_model, eos_id=EOS, banned_ids=BANNED)
+    decoder = BatchDecoder(model, eos_id=EOS, banned_ids=BANNED)
     decoder.add(["early"], PROMPTS[1], options, [9])
     out = {key: [token_id] for key, token_id, _ in decoder.step()}
     # Four prompts of 4 to 14 tokens in one padded forward pass, one of them as two choices.
@@ -99,11 +111,11 @@ def test_prompts_prefilled_together_decode_as_they_would_alone(tiny_model, setti
     assert decoder.keys == ["early", "a", "b0", "b1", "c"]
     assert all(layer.keys.isfinite().all() for layer in decoder._cache.layers)
     drain(decoder, out)
-    assert out["a"] == alone(tiny_model, PROMPTS[0], options, 100)
-    assert out["b0"] == alone(tiny_model, PROMPTS[3], options, 1)
-    assert out["b1"] == alone(tiny_model, PROMPTS[3], options, 2)
-    assert out["c"] == alone(tiny_model, PROMPTS[2], options, 102)
-    assert out["early"] == alone(tiny_model, PROMPTS[1], options, 9)
+    assert out["a"] == alone(model, PROMPTS[0], options, 100)
+    assert out["b0"] == alone(model, PROMPTS[3], options, 1)
+    assert out["b1"] == alone(model, PROMPTS[3], options, 2)
+    assert out["c"] == alone(model, PROMPTS[2], options, 102)
+    assert out["early"] == alone(model, PROMPTS[1], options, 9)
 
 
 @pytest.mark.parametrize("call, message", [

@@ -1,3 +1,4 @@
+import copy
 import random
 
 import pytest
@@ -12,6 +13,7 @@ from chatbot.cli import chat_main
 from chatbot.data.dataset import load_dataset, make_collate
 from chatbot.evaluate import evaluate_model
 from chatbot.model.modeling import build_model, load_model, save_model
+from chatbot.model.kernels import PackedLinear
 from chatbot.model.precision import prepare_model, resolve_dtype
 from tests.conftest import tiny_config
 
@@ -84,21 +86,29 @@ def test_reduced_precision_keeps_perplexity_and_most_greedy_replies(trained, dty
 
 def test_prepare_model_converts_the_linear_layers(tiny_model):
     ids = torch.tensor([[2, 7, 8, 3, 9, 3]])
+    fp32 = copy.deepcopy(tiny_model)
     with torch.inference_mode():
         reference = tiny_model(ids).logits
-        bf16 = prepare_model(tiny_model, "bf16")
-        assert not any(isinstance(m, Conv1D) for m in bf16.modules())
+        bf16 = prepare_model(copy.deepcopy(tiny_model), "bf16")
+        assert not any(isinstance(m, (Conv1D, nn.Linear)) for m in bf16.modules())
+        # 4 linear layers per block and lm_head, packed for oneDNN
+        assert [type(m) for m in bf16.modules()].count(PackedLinear) == 9
         assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
         assert [type(block.mlp.act) for block in bf16.transformer.h] == [nn.GELU, nn.GELU]
+        assert bf16.config._attn_implementation == "chatbot_decode"
         torch.testing.assert_close(bf16(ids).logits.float(), reference, atol=0.05, rtol=0.05)
-        int8 = prepare_model(bf16.float(), "int8")
-        # 4 linear layers per block and lm_head, all quantized
+        int8 = prepare_model(copy.deepcopy(tiny_model), "int8")
         assert [m._get_name() for m in int8.modules()].count("DynamicQuantizedLinear") == 9
-        assert not any(type(m) is nn.Linear for m in int8.modules())
+        assert not any(type(m) in (nn.Linear, PackedLinear) for m in int8.modules())
         torch.testing.assert_close(int8(ids).logits, reference, atol=0.05, rtol=0.05)
+        packed = prepare_model(fp32, "fp32")
+        assert [type(m) for m in packed.modules()].count(PackedLinear) == 9
+        assert packed.config._attn_implementation == "sdpa"
+        torch.testing.assert_close(packed(ids).logits, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_fp32_is_left_untouched(tiny_model_dir):
+def test_fp32_is_left_untouched_without_the_cpu_kernels(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(precision, "can_pack", lambda: False)
     model, _, _ = load_model(tiny_model_dir, "cpu", "fp32")
     assert isinstance(model.transformer.h[0].attn.c_attn, Conv1D)
 

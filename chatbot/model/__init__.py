@@ -5,6 +5,7 @@
     limits.py      what a config costs (parameters, memory) and the refusal before building what cannot fit
     weights.py     weights files: safetensors header shapes against config.json, and their SHA-256 manifest
     precision.py   which dtype runs where ("auto"), and the fp32 -> bf16 / int8 conversions
+    kernels.py     CPU inference kernels: linear layers prepacked for oneDNN, the bf16 decode attention
     openai_gpt.py  CDial-GPT's OpenAI GPT with its speaker segment ids
     loss.py        the next-token loss, scored only where labels are set (training and validation)
 

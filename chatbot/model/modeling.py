@@ -252,7 +252,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
         setattr(model.config, name, value)
         setattr(model.generation_config, name, value)
     # Converted on the CPU, then moved: a GPU never holds the fp32 copy.
-    return prepare_model(model.eval(), precision).to(device), tokenizer, training_args
+    return prepare_model(model.eval(), precision, device), tokenizer, training_args
 
 
 def load_model_tokenizer(source: str | Path) -> tuple[BertTokenizerFast, str]:

@@ -20,6 +20,7 @@ from torch import nn
 from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
+from chatbot.model.kernels import can_pack, pack_linear_layers, use_decode_attention
 from chatbot.options import DTYPES
 
 
@@ -84,23 +85,33 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     return dtype, precision == "fp16", precision
 
 
-def prepare_model(model: nn.Module, dtype: str) -> nn.Module:
-    """Convert an eval-mode GPT-2 (in fp32, on its device) to `dtype` in place; returns it.
+def prepare_model(model: nn.Module, dtype: str, device: torch.device | str = "cpu") -> nn.Module:
+    """Convert an eval-mode GPT-2 (in fp32, on the CPU) to `dtype` and move it to `device`; returns it.
 
-    fp32 leaves the model untouched. bf16/fp16 first turn GPT-2's `Conv1D` layers into
-    `nn.Linear` (the same matmul with the weight transposed: x @ W + b = x @ W.T.T + b), because
-    oneDNN's bf16 kernels are about twice as fast with the weight laid out as (out, in), and
-    compute GELU in one fused kernel (see `fuse_gelu`).
-    int8 does the same, then quantizes every linear layer (lm_head included) with per-channel
-    weights; activations are quantized on the fly, per batch.
+    Every dtype but fp32 first turns GPT-2's `Conv1D` layers into `nn.Linear` (the same matmul
+    with the weight transposed: x @ W + b = x @ W.T.T + b), because oneDNN's bf16 kernels are
+    about twice as fast with the weight laid out as (out, in), and computes GELU in one fused
+    kernel (see `fuse_gelu`). int8 then quantizes every linear layer (lm_head included) with
+    per-channel weights; activations are quantized on the fly, per batch.
+    On a CPU, fp32 and bf16 models get the kernels of `chatbot.model.kernels`: linear layers
+    prepacked for oneDNN (fp32 too, which is why its layers become `nn.Linear` as well) and,
+    for bf16, the decode attention. Elsewhere fp32 leaves the model untouched.
     """
-    if dtype == "fp32":
-        return model
-    conv1d_to_linear(model)
-    fuse_gelu(model)
-    if dtype in ("bf16", "fp16"):
-        return model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-    return quantize_int8(model)
+    device = torch.device(device)
+    cpu_kernels = device.type == "cpu" and dtype in ("fp32", "bf16") and can_pack()
+    if dtype != "fp32" or cpu_kernels:
+        conv1d_to_linear(model)
+        fuse_gelu(model)
+    if dtype == "int8":
+        model = quantize_int8(model)
+    elif dtype in ("bf16", "fp16"):
+        model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    model = model.to(device)
+    if cpu_kernels:
+        pack_linear_layers(model)
+        if dtype == "bf16" and model.config.model_type == "gpt2":
+            use_decode_attention(model)
+    return model
 
 
 def conv1d_to_linear(model: nn.Module) -> nn.Module:
@@ -122,7 +133,8 @@ def fuse_gelu(model: nn.Module) -> nn.Module:
     Both compute 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))); transformers spells it as six
     tensor ops, each a pass over the (B, T, 4 x n_embd) activations, which took a quarter of a
     64-token int8 prefill at base size. PyTorch's kernel is one pass, computed in fp32 even for
-    bf16 inputs. fp32 models keep transformers' version, so their outputs do not move by a bit.
+    bf16 inputs. fp32 models off the CPU keep transformers' version, so their outputs do not move by
+    a bit.
     """
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
