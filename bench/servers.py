@@ -148,7 +148,8 @@ def vllm_command(python: Path, model: Path, port: int, *, dtype: str, max_model_
             "--host", "127.0.0.1", "--port", port]
 
 
-def vllm_env() -> dict:
+def vllm_env(bind: str = "") -> dict:
+    """vLLM's environment; `bind` is its VLLM_CPU_OMP_THREADS_BIND (empty: `omp_bind()`)."""
     # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache; the default takes a share of RAM a small machine lacks.
     return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": omp_bind()}
+            "VLLM_CPU_OMP_THREADS_BIND": bind or omp_bind()}

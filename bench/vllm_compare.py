@@ -33,10 +33,15 @@ TARGETS = [("best", "our best dtype >= 1.5x vLLM's best tokens/s", 1.5),
 class Server:
     engine: str  # OURS or VLLM
     dtype: str  # chatbot-serve's name: auto, bf16, fp32
+    bind: str = ""  # vLLM's VLLM_CPU_OMP_THREADS_BIND: "auto" (its default) or a list of cores
 
     @property
     def name(self) -> str:
-        return f"{self.engine} {self.dtype}"
+        return f"{self.label} {self.dtype}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} (bind {self.bind})" if self.bind else self.engine
 
     def dtype_shown(self, auto_is: str) -> str:
         return f"auto ({auto_is})" if self.dtype == "auto" else self.dtype
@@ -51,9 +56,12 @@ class Setup:
     hanzi: list[str]
 
 
-def plan(dtypes: list[str], with_vllm: bool) -> list[Server]:
+def plan(dtypes: list[str], binds: list[str], with_vllm: bool) -> list[Server]:
+    """Our servers, then vLLM's: one per dtype and thread layout (the best of them is vLLM's figure)."""
     ours = [Server(OURS, d) for d in dtypes]
-    return ours + ([Server(VLLM, d) for d in dtypes if d in VLLM_DTYPES] if with_vllm else [])
+    if not with_vllm:
+        return ours
+    return ours + [Server(VLLM, d, b) for d in dtypes if d in VLLM_DTYPES for b in binds]
 
 
 def find_vllm(venv: Path) -> tuple[Path | None, str]:
@@ -69,7 +77,7 @@ def find_vllm(venv: Path) -> tuple[Path | None, str]:
 def start_command(server: Server, setup: Setup, port: int) -> tuple[list, dict]:
     if server.engine == VLLM:
         return vllm_command(setup.python, setup.model, port, dtype=VLLM_DTYPES[server.dtype],
-                            max_model_len=MAX_MODEL_LEN), vllm_env()
+                            max_model_len=MAX_MODEL_LEN), vllm_env(server.bind)
     return chatbot_serve_command(setup.model, port, dtype=server.dtype, max_batch=setup.args.concurrency,
                                  reply_tokens=REPLY_TOKENS, max_history=HISTORY_TURNS + 1), chatbot_env()
 
@@ -119,10 +127,10 @@ def print_pass(k: int, results: dict[Server, dict | None], auto_is: str, clients
     for server, r in results.items():
         dtype = server.dtype_shown(auto_is)
         if r is None:
-            print(f"| {server.engine} | {dtype} | failed | | | | |")
+            print(f"| {server.label} | {dtype} | failed | | | | |")
             continue
         busy = r["busy"]
-        print(f"| {server.engine} | {dtype} | {r['start']:.1f} | {busy['tokens_per_s']:.1f} "
+        print(f"| {server.label} | {dtype} | {r['start']:.1f} | {busy['tokens_per_s']:.1f} "
               f"| {busy['latency'][0]:.3f} / {busy['latency'][1]:.3f} | {busy['ttft'][0]:.3f} "
               f"| {r['single']['latency'][0]:.3f} |")
 
@@ -164,10 +172,10 @@ def print_spread(servers: list[Server], passes: list[dict[Server, dict | None]],
     for server in servers:
         runs = [p[server] for p in passes if p.get(server) is not None]
         if not runs:
-            print(f"| {server.engine} | {server.dtype_shown(auto_is)} | no run finished | | | | |")
+            print(f"| {server.label} | {server.dtype_shown(auto_is)} | no run finished | | | | |")
             continue
         speed = [r["busy"]["tokens_per_s"] for r in runs]
-        print(f"| {server.engine} | {server.dtype_shown(auto_is)} | {statistics.median(speed):.1f} "
+        print(f"| {server.label} | {server.dtype_shown(auto_is)} | {statistics.median(speed):.1f} "
               f"| {min(speed):.1f} - {max(speed):.1f} | {max(speed) / min(speed) - 1:.0%} "
               f"| {statistics.median(r['busy']['latency'][0] for r in runs):.3f} "
               f"| {statistics.median(r['single']['latency'][0] for r in runs):.3f} |")
@@ -235,11 +243,12 @@ def describe(setup: Setup, auto_is: str, why_skipped: str) -> None:
     if setup.python is None:
         print(f"vLLM skipped: {why_skipped}; chatbot-serve is measured alone, without ratios", flush=True)
         return
-    bind = omp_bind()
-    source = "from the environment" if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") else \
+    binds = setup.args.vllm_binds or [omp_bind()]
+    source = "given by --vllm-binds" if setup.args.vllm_binds else "from the environment" \
+        if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") else \
         "set here to the same cores (vLLM's default, auto, would run 1 compute thread on 2 cores)"
-    print(f"vLLM: {venv_versions(setup.python)}; VLLM_CPU_OMP_THREADS_BIND={bind} ({source}); "
-          f"--max-model-len {MAX_MODEL_LEN}", flush=True)
+    print(f"vLLM: {venv_versions(setup.python)}; VLLM_CPU_OMP_THREADS_BIND {' and '.join(binds)} "
+          f"({source}); --max-model-len {MAX_MODEL_LEN}", flush=True)
 
 
 def against_vllm(args, model: Path, hanzi: list[str]) -> None:
@@ -251,7 +260,7 @@ def against_vllm(args, model: Path, hanzi: list[str]) -> None:
     setup = Setup(model, python, args, hanzi)
     auto_is = resolve_dtype("auto", torch.device("cpu"))
     describe(setup, auto_is, why)
-    servers = plan(args.dtypes, python is not None)
+    servers = plan(args.dtypes, args.vllm_binds or [""], python is not None)
     print(f"load: {args.concurrency} clients x {args.requests} requests, then 1 client x "
           f"{args.single_requests}, each after one untimed request per client; max_tokens {REPLY_TOKENS}, "
           "temperature 1", flush=True)
