@@ -7,6 +7,7 @@
     precision.py   which dtype runs where ("auto"), and the fp32 -> bf16 / int8 conversions
     openai_gpt.py  CDial-GPT's OpenAI GPT with its speaker segment ids
     loss.py        the next-token loss, scored only where labels are set (training and validation)
+    lora.py        LoRA adapters (peft, imported there only): add, save, merge; adapter folders
 
 Entry point: `load_model(source, device, dtype)`. Imports nothing from the other job folders.
 """
