@@ -19,6 +19,8 @@ from typing import ClassVar
 from chatbot.data.corpus import FORMATS
 from chatbot.flags import opt, port_number, positive_int
 from chatbot.layout import LOSS_ON, MAX_HISTORY, SPEAKER_TOKENS
+from chatbot.model.lora import INSTALL_HINT as LORA_INSTALL_HINT
+from chatbot.model.lora import LoraSettings
 from chatbot.options import DTYPES
 from chatbot.resources import SAMPLE_TRAIN, SAMPLE_VALID, VOCAB
 
@@ -66,6 +68,16 @@ class TrainConfig:
     resize_embeddings: bool = opt(False, "grow a pretrained model's embedding to its tokenizer's size")
     freeze: str | None = opt(None, "keep weights fixed: 'embeddings', or 'layers:N' "
                                    "(embeddings and the first N blocks)", metavar="WHAT")
+    lora_r: int | None = opt(None, "train LoRA adapters of rank R on a frozen model instead of all its "
+                                   "weights (needs pip install 'chatbot-zh[lora]'); final/ and best/ hold "
+                                   "the merged model and the adapter alone in adapter/", metavar="R")
+    lora_alpha: float | None = opt(None, "with --lora-r: scale of the LoRA update, alpha / R (default: 2 R)",
+                                   metavar="A")
+    lora_dropout: float | None = opt(None, "with --lora-r: dropout on the adapters' input (default: 0.05)",
+                                     metavar="P")
+    lora_targets: str | None = opt(None, "with --lora-r: the layers of each block to adapt, comma-separated: "
+                                         "c_attn (attention q/k/v), c_proj (attention and MLP outputs), c_fc "
+                                         "(MLP input) (default: c_attn)", metavar="NAMES")
     # optimisation
     epochs: int = opt(40, "passes over the training data (fewer with early stopping: see --patience)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
@@ -110,7 +122,7 @@ class TrainConfig:
     quiet: bool = opt(False, "no progress bar or tables")
 
     # Keys a run records in training_args.json beside its options; a config file may hold them.
-    derived_keys: ClassVar[tuple[str, ...]] = ("source", "layout", "valid_ppl")
+    derived_keys: ClassVar[tuple[str, ...]] = ("source", "layout", "valid_ppl", "base_sha256")
 
     def __post_init__(self):
         checks = [
@@ -133,6 +145,11 @@ class TrainConfig:
              "auto, cpu, cuda or cuda:N"),
             ("freeze", self.freeze is None or re.fullmatch(r"embeddings|layers:\d+", self.freeze) is not None,
              "'embeddings' or 'layers:N'"),
+            ("lora_r", self.lora_r is None or self.lora_r >= 1, ">= 1 (leave it out to train all weights)"),
+            ("lora_alpha", self.lora_alpha is None or 0 < self.lora_alpha < math.inf, "> 0 and finite"),
+            ("lora_dropout", self.lora_dropout is None or 0 <= self.lora_dropout < 1, "in [0, 1)"),
+            ("lora_targets", self.lora_targets is None or re.fullmatch(r"\w+(,\w+)*", self.lora_targets),
+             "layer names separated by commas, e.g. c_attn,c_proj"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -143,12 +160,33 @@ class TrainConfig:
             raise ValueError("give either --valid or --valid-ratio, not both")
         if self.format == "text" and self.loss_on != "all":
             raise ValueError("--format text has no turns: use --loss-on all")
+        self._check_lora()
         package = REPORT_TO[self.report_to]
         if package and importlib.util.find_spec(package) is None:
             extra = ("pip install 'chatbot-zh[tensorboard]'" if package == "tensorboard"
                      else "pip install wandb")
             raise ValueError(f"--report-to {self.report_to} needs the {package} package, which is not "
                              f"installed; {extra}, or use --report-to none")
+
+    def _check_lora(self) -> None:
+        if self.lora_r is None:
+            given = [n for n in ("lora_alpha", "lora_dropout", "lora_targets")
+                     if getattr(self, n) is not None]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise ValueError(f"{flag} sets up LoRA, which is off without --lora-r R: add --lora-r "
+                                 "(e.g. 8), or leave it out to train all weights")
+            return
+        if self.resize_embeddings:
+            raise ValueError("--lora-r trains no embedding, so the rows --resize-embeddings adds would stay "
+                             "random: train all weights for that (leave out --lora-r)")
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError(f"--lora-r needs the peft package, which is not installed; {LORA_INSTALL_HINT}, "
+                             "or leave out --lora-r to train all weights")
+
+    def lora_settings(self) -> LoraSettings | None:
+        """--lora-* with their defaults, or None without --lora-r."""
+        return LoraSettings.of(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_targets)
 
     def valid_path(self) -> str | None:
         """--valid; else the bundled validation dialogues when training on the bundled sample

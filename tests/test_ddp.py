@@ -5,12 +5,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from chatbot.model.modeling import load_model
 from chatbot.train.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_gloo_training_agrees_and_saves_once(tmp_path, vocab_file):
+# LoRA from a config: each rank starts from other random weights (its seed adds the rank); DDP gives every
+# rank rank 0's, the frozen base included, and rank 0 saves those as the run's base/.
+@pytest.mark.parametrize("extra", [{}, pytest.param({"lora_r": 4}, marks=pytest.mark.slow)], ids=["full", "lora"])
+def test_two_process_gloo_training_agrees_and_saves_once(tmp_path, vocab_file, extra):
     corpus = tmp_path / "train.txt"
     corpus.write_text("\n\n".join(["你好\n你好吗\n我很好", "今天天气很好\n谢谢"] * 10), encoding="utf-8")
     config = tmp_path / "tiny.json"
@@ -19,7 +26,8 @@ def test_two_process_gloo_training_agrees_and_saves_once(tmp_path, vocab_file):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CHATBOT_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "ddp_train_script.py"), str(corpus), str(config), str(vocab_file), str(out)],
+         str(ROOT / "tests" / "ddp_train_script.py"), str(corpus), str(config), str(vocab_file), str(out),
+         json.dumps(extra)],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -30,6 +38,11 @@ def test_two_process_gloo_training_agrees_and_saves_once(tmp_path, vocab_file):
     assert checkpoints == ["checkpoint-4", "checkpoint-8"]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 9))  # one writer: rank 0
+    if extra:  # the adapter alone, over base/: the weights both ranks trained
+        assert (out / "checkpoint-8" / "adapter_config.json").is_file() and (out / "base").is_dir()
+        merged = load_model(out / "final" / "adapter")[0].state_dict()
+        final = load_model(out / "final")[0].state_dict()
+        assert all(torch.equal(merged[k], final[k]) for k in final)
 
 
 # Each rank: open --output-dir with --resume auto and write down the checkpoint it would resume from.

@@ -387,13 +387,13 @@ def test_disk_full_during_a_save_names_the_folder(corpus, model_config, vocab_fi
 
 # --- SIGKILL at random moments of a --save-steps 1 run -----------------------------------------------
 
-def _kill_and_resume(corpus, model_config, vocab_file, out, kills, seed):
+def _kill_and_resume(corpus, model_config, vocab_file, out, kills, seed, *extra):
     """Kill a `--save-steps 1` run `kills` times at random moments; after each kill every published
     folder must load and the next `--resume auto` run must start from the newest good checkpoint."""
     rng = random.Random(seed)
     args = train_args(corpus, model_config, vocab_file, out, "--save-steps", "1", "--epochs", "30",
                       "--valid-ratio", "0.2", "--log-steps", "1", "--save-total-limit", "2",
-                      "--resume", "auto")
+                      "--resume", "auto", *extra)
     # Forked, not spawned: a fresh interpreter would spend seconds importing torch before each kill.
     fork = multiprocessing.get_context("fork")
     for _ in range(kills):
@@ -428,13 +428,21 @@ def _steps_logged(out: Path) -> int:
     return max(steps, default=0)
 
 
-def test_sigkill_during_saves_short(corpus, model_config, vocab_file, tmp_path):
-    _kill_and_resume(corpus, model_config, vocab_file, tmp_path / "out", kills=2, seed=0)
+# LoRA: each checkpoint is an adapter folder over the run's base/ (random weights from the config). Its
+# steps are faster and barely improve random weights: without more epochs and --patience 0 a run could
+# end by itself between two kills.
+LORA = ("--lora-r", "4", "--patience", "0", "--epochs", "100")
+
+
+@pytest.mark.parametrize("extra", [(), LORA], ids=["full", "lora"])
+def test_sigkill_during_saves_short(corpus, model_config, vocab_file, tmp_path, extra):
+    _kill_and_resume(corpus, model_config, vocab_file, tmp_path / "out", 2, 0, *extra)
 
 
 @pytest.mark.slow
-def test_sigkill_during_saves_20_times(corpus, model_config, vocab_file, tmp_path):
-    _kill_and_resume(corpus, model_config, vocab_file, tmp_path / "out", kills=20, seed=1)
+@pytest.mark.parametrize("extra", [(), LORA], ids=["full", "lora"])
+def test_sigkill_during_saves_20_times(corpus, model_config, vocab_file, tmp_path, extra):
+    _kill_and_resume(corpus, model_config, vocab_file, tmp_path / "out", 20, 1, *extra)
 
 
 # --- a file of the user's beside a run ---------------------------------------------------------------

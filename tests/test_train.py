@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import BertTokenizerFast, GPT2LMHeadModel
 
 from chatbot.cli import train_main
@@ -58,16 +59,20 @@ def test_train_writes_checkpoints_best_and_final(corpus, model_config, vocab_fil
     assert "| optimizer steps | 8 |" in final_card
 
 
-def test_resume_continues_exactly(corpus, model_config, vocab_file, tmp_path):
+# LoRA from a config: the random weights it adapts are the run's base/, found again from the checkpoint.
+@pytest.mark.parametrize("lora", [{}, {"lora_r": 4, "lora_targets": "c_attn,c_fc"}], ids=["full", "lora"])
+def test_resume_continues_exactly(corpus, model_config, vocab_file, tmp_path, lora):
     straight = tmp_path / "straight"
-    run(corpus, model_config, vocab_file, straight, max_steps=8, save_steps=4, epochs=3, save_total_limit=0)
+    run(corpus, model_config, vocab_file, straight, max_steps=8, save_steps=4, epochs=3, save_total_limit=0,
+        **lora)
     resumed = tmp_path / "resumed"
     run(corpus, model_config, vocab_file, resumed, max_steps=8, save_steps=4, epochs=3,
-        resume=str(straight / "checkpoint-4"))
+        resume=str(straight / "checkpoint-4"), **lora)
     a, b = losses(straight), losses(resumed)
     assert sorted(b) == [5, 6, 7, 8]
-    for step in b:
-        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6)
+    assert b == {step: a[step] for step in b}  # bit for bit
+    final = [load_file(out / "final" / "model.safetensors") for out in (straight, resumed)]
+    assert final[0].keys() == final[1].keys() and all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
 def test_resume_auto_and_mid_epoch(corpus, model_config, vocab_file, tmp_path):

@@ -8,6 +8,7 @@
     kernels.py     CPU inference kernels: linear layers prepacked for oneDNN, the bf16 decode attention
     openai_gpt.py  CDial-GPT's OpenAI GPT with its speaker segment ids
     loss.py        the next-token loss, scored only where labels are set (training and validation)
+    lora.py        LoRA adapters (peft, imported there only): add, save, merge; adapter folders
 
 Entry point: `load_model(source, device, dtype)`. Imports nothing from the other job folders.
 """

@@ -94,7 +94,8 @@ def write_model_card(path: Path, model: PreTrainedModel, training_args: dict, re
 
 def _facts(model: PreTrainedModel, args: dict, results: dict) -> list[str]:
     c = model.config
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    # A LoRA model is saved merged: its adapters' weights are not parameters of the saved model.
+    params = sum(p.numel() for name, p in model.named_parameters() if ".lora_" not in name)
     ppl = results.get("valid_ppl")
     facts = [
         ("training data", f"`{args.get('train', '?')}`"
@@ -108,6 +109,10 @@ def _facts(model: PreTrainedModel, args: dict, results: dict) -> list[str]:
                      f"loss on {args.get('loss_on', 'all')} tokens"),
         ("validation perplexity", f"{ppl:.2f}" if ppl is not None and math.isfinite(ppl) else "not measured"),
     ]
+    if args.get("lora_r"):
+        targets = args.get("lora_targets") or "c_attn"
+        facts.append(("fine-tuned with", f"LoRA of rank {args['lora_r']} on {targets}, merged into these "
+                                         "weights; the adapter alone is in `adapter/`"))
     replies = results.get("eval_generate")
     if replies:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in replies.items() if isinstance(v, (int, float)))

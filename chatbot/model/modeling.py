@@ -6,7 +6,11 @@ A model folder (what `chatbot-train` writes as `final/`, `best/` and each `check
 `GPT2LMHeadModel.from_pretrained(dir)` and `BertTokenizerFast.from_pretrained(dir)`.
 
 `load_model` also reads the public Chinese checkpoints: uer's `gpt2-chinese-*` (GPT-2) and
-CDial-GPT's LCCC models (OpenAI GPT, in their own dialogue layout), from a folder or a Hub id.
+CDial-GPT's LCCC models (OpenAI GPT, in their own dialogue layout), from a folder or a Hub id, and
+bare LoRA adapter folders (see chatbot.model.lora), merged onto the base model they name.
+
+A model trained with LoRA is saved as the merged model plus its adapter alone in `adapter/`; a
+checkpoint of it holds only the adapter (`save_adapter_folder`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ from transformers.utils import logging as hf_logging
 from chatbot.model.hf_files import export_hf_files, write_model_card
 from chatbot.layout import CDIAL, CDIAL_HEAD, CHITCHAT, LOSS_ON, speaker_token_ids
 from chatbot.model.limits import check_model_fits
+from chatbot.model.lora import (ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, LoraSettings, apply_lora,
+                                is_adapter_folder, is_lora_model, load_adapter_weights,
+                                merge_adapter, merged_state_dict, save_adapter)
 from chatbot.model.precision import prepare_model, resolve_dtype
-from chatbot.model.weights import check_config_fits_weights, header_shapes, verify_checksums, write_checksums
+from chatbot.model.weights import (check_config_fits_weights, header_shapes, verify_checksums,
+                                   weights_digests, write_checksums)
 from chatbot.resources import resolve_config
 from chatbot.tokenization import load_tokenizer, split_characters
 
@@ -38,7 +46,9 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 MODEL_CLASSES = {"gpt2": GPT2LMHeadModel, "openai-gpt": OpenAIGPTLMHeadModel}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as on huggingface.co
 _MODEL_HINT = ("Train one with `chatbot-train` (it writes model/best and model/final), or give a folder "
-               "written by chatbot-train or `save_pretrained`, or a Hugging Face Hub id (org/name).")
+               "written by chatbot-train or `save_pretrained`, a LoRA adapter folder, or a Hugging Face Hub "
+               "id (org/name).")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 def load_gpt2_config(path: str | Path, tokenizer: BertTokenizerFast) -> GPT2Config:
@@ -102,13 +112,16 @@ def build_model(config: GPT2Config) -> GPT2LMHeadModel:
 
 def model_to_train(*, resume_dir: Path | None, pretrained: str | None, config: str, vocab: str,
                    resize_embeddings: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, str, str]:
-    """(model, tokenizer, where it came from, its dialogue layout) for training: a checkpoint to resume,
-    a pretrained folder or Hub id (see `load_model`), or a config with random weights.
+    """(model, tokenizer, where it came from, its dialogue layout) for training: a checkpoint to resume
+    (a LoRA one: its frozen base with the adapters trained so far), a pretrained folder or Hub id (see
+    `load_model`), or a config with random weights.
 
     Raises:
         ValueError: also for a model that cannot be trained in this machine's memory (see
             `chatbot.model.limits.check_model_fits`), before it is built.
     """
+    if resume_dir is not None and is_adapter_folder(resume_dir):
+        return _lora_checkpoint_to_train(resume_dir)
     source = resume_dir or pretrained
     if source is None:
         tokenizer = load_tokenizer(vocab)
@@ -119,8 +132,49 @@ def model_to_train(*, resume_dir: Path | None, pretrained: str | None, config: s
     return model, tokenizer, str(source), dialogue_layout(model.config.model_type, tokenizer, saved_args)
 
 
+def _lora_checkpoint_to_train(resume_dir: Path) -> tuple[PreTrainedModel, BertTokenizerFast, str, str]:
+    """A LoRA checkpoint to resume: its base model, given the adapters it was trained with, their weights
+    loaded exactly (no merge: the base stays frozen as it was)."""
+    training_args = read_training_args(resume_dir)
+    settings = LoraSettings.recorded_in(training_args)
+    if settings is None:
+        raise ValueError(f"{resume_dir / TRAINING_ARGS} has no lora_r, but the folder holds a LoRA adapter: "
+                         "put back the training_args.json chatbot-train wrote")
+    base = read_adapter_base(resume_dir)
+    model, _, _ = load_model(base, training=True)
+    check_base_unchanged(resume_dir, base, training_args)
+    apply_lora(model, settings, base=base)
+    load_adapter_weights(model, resume_dir)
+    kind = model.config.model_type
+    _, tokenizer, _ = _read_model_dir(resume_dir, where=str(resume_dir), kind=kind)
+    return model, tokenizer, str(resume_dir), dialogue_layout(kind, tokenizer, training_args)
+
+
+def model_reference(source: str | Path) -> str:
+    """How a LoRA adapter names its base model: a local folder by its absolute path (it resolves from
+    anywhere), a Hub id as given."""
+    text = str(source)
+    return str(Path(text).resolve()) if Path(text).exists() else text
+
+
+def check_base_unchanged(adapter_dir: Path, base: str, training_args: dict) -> None:
+    """Compare the base model's weights with the SHA-256 its adapter was trained on (`base_sha256`,
+    recorded by chatbot-train; adapters from elsewhere have none to compare).
+
+    Raises:
+        ValueError: naming the base and the adapter, if the base's weights changed since.
+    """
+    recorded = training_args.get("base_sha256")
+    if recorded and weights_digests(resolve_model_dir(base)) != recorded:
+        raise ValueError(f"the base model {base} is not the one the LoRA adapter {adapter_dir} was trained "
+                         "on: its weights' SHA-256 differ from those recorded in training_args.json "
+                         "(base_sha256). "
+                         "Put back that base model (or point base_model_name_or_path in "
+                         f"{adapter_dir / ADAPTER_CONFIG} at a copy of it)")
+
+
 def check_model_dir(path: str | Path, *, need_tokenizer: bool = True) -> Path:
-    """Check that `path` is a model folder and say exactly what is missing if not.
+    """Check that `path` is a model folder (or a LoRA adapter folder) and say exactly what is missing if not.
 
     Raises:
         FileNotFoundError: naming the folder, the missing files and how to make a model.
@@ -128,13 +182,14 @@ def check_model_dir(path: str | Path, *, need_tokenizer: bool = True) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}. {_MODEL_HINT}")
-    missing = []
-    if not (path / "config.json").is_file():
-        missing.append("config.json")
-    if not any((path / f).is_file() for f in _WEIGHT_FILES):
-        missing.append("model.safetensors (or pytorch_model.bin)")
-    if need_tokenizer and not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        missing.append("tokenizer.json or vocab.txt")
+    if is_adapter_folder(path):  # its tokenizer may be the base model's
+        missing = [] if (path / ADAPTER_WEIGHTS).is_file() else [ADAPTER_WEIGHTS]
+    else:
+        missing = [] if (path / "config.json").is_file() else ["config.json"]
+        if not any((path / f).is_file() for f in _WEIGHT_FILES):
+            missing.append("model.safetensors (or pytorch_model.bin)")
+        if need_tokenizer and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            missing.append("tokenizer.json or vocab.txt")
     if missing:
         raise FileNotFoundError(f"{path} is not a complete model folder: missing {', '.join(missing)}. "
                                 f"{_MODEL_HINT}")
@@ -233,6 +288,9 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
     device = torch.device(device)
     precision = resolve_dtype(dtype, device)
     path = resolve_model_dir(source)
+    if is_adapter_folder(path):
+        model, tokenizer, training_args = _load_adapter_folder(path, where=str(source), training=training)
+        return _ready(model, tokenizer, training_args, where=str(source), precision=precision, device=device)
     kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
     config = _read_config(path, kind)
     # Cheap checks first: the headers, the checksums, the sizes; then the model is built.
@@ -241,13 +299,20 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
     check_config_fits_weights(config, path / "config.json", shapes)
     check_model_fits(config, path / "config.json", training=training, device=device, dtype=precision)
     model = _load_weights(path, kind, config, where=str(source))
-    bad = nonfinite_parameters(model)
-    if bad:
-        raise ValueError(f"{source}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
-                         "the run that wrote it diverged. Use an earlier checkpoint-N or best/ folder.")
     if resize_embeddings and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    check_vocab_fits(model, tokenizer, where=str(source))
+    return _ready(model, tokenizer, training_args, where=str(source), precision=precision, device=device)
+
+
+def _ready(model: PreTrainedModel, tokenizer: BertTokenizerFast, training_args: dict, *, where: str,
+           precision, device: torch.device) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
+    """`load_model`'s result: weights and vocabulary checked, our special ids set, in its dtype, on its
+    device."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
+                         "the run that wrote it diverged. Use an earlier checkpoint-N or best/ folder.")
+    check_vocab_fits(model, tokenizer, where=where)
     for name, value in special_ids(tokenizer).items():
         setattr(model.config, name, value)
         setattr(model.generation_config, name, value)
@@ -255,20 +320,69 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
     return prepare_model(model.eval(), precision, device), tokenizer, training_args
 
 
+def read_adapter_base(path: Path) -> str:
+    """The base model (folder or Hub id) of LoRA adapter folder `path`: its adapter_config.json's
+    `base_model_name_or_path`.
+
+    Raises:
+        ValueError: if the file names none, or names the adapter folder itself.
+    """
+    file = path / ADAPTER_CONFIG
+    fields = read_json_object(file, "LoRA adapter config", "of LoraConfig fields")
+    base = fields.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{file} names no base model (base_model_name_or_path): set it to the folder or "
+                         "Hugging Face Hub id of the model the adapter was trained on")
+    if Path(base).exists() and Path(base).resolve() == path.resolve():
+        raise ValueError(f"{file}: base_model_name_or_path names the adapter folder itself; set it to the "
+                         "folder or Hub id of the model the adapter was trained on")
+    return base
+
+
+def _load_adapter_folder(path: Path, *, where: str,
+                         training: bool) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
+    """(base model with the adapter merged in, tokenizer, training_args) of a bare LoRA adapter folder.
+
+    The tokenizer and training_args are the folder's own when it has them (chatbot-train saves both
+    beside the adapter), else the base model's.
+    """
+    verify_checksums(path)  # the adapter's weights, as chatbot-train recorded them
+    base = read_adapter_base(path)
+    model, tokenizer, base_args = load_model(base, training=training)
+    training_args = read_training_args(path) or base_args
+    check_base_unchanged(path, base, training_args)
+    model = merge_adapter(model, path)
+    if any((path / f).is_file() for f in _TOKENIZER_FILES):
+        _, tokenizer, _ = _read_model_dir(path, where=where, kind=model.config.model_type)
+    return model, tokenizer, training_args
+
+
 def load_model_tokenizer(source: str | Path) -> tuple[BertTokenizerFast, str]:
     """(tokenizer, dialogue layout) of a model folder or Hub id, the tokenizer reading text as that
     model does (one token per character for CDial-GPT's); a folder of tokenizer files only gives
     its plain tokenizer and CHITCHAT."""
-    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+    folder = Path(source)
+    if folder.is_dir() and not (folder / "config.json").is_file() and not is_adapter_folder(folder):
         return load_tokenizer(source), CHITCHAT
-    kind, tokenizer, training_args = _read_model_dir(resolve_model_dir(source), where=str(source))
+    path = resolve_model_dir(source)
+    if is_adapter_folder(path):
+        base = read_adapter_base(path)
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            return load_model_tokenizer(base)  # a bare adapter reads text as its base model
+        kind = _read_model_dir(resolve_model_dir(base), where=base)[0]
+        _, tokenizer, training_args = _read_model_dir(path, where=str(source), kind=kind)
+    else:
+        kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
     return tokenizer, dialogue_layout(kind, tokenizer, training_args)
 
 
-def _read_model_dir(path: Path, *, where: str) -> tuple[str, BertTokenizerFast, dict]:
-    """(model_type, tokenizer as the model reads text, training_args or {}) of a checked folder."""
-    config_file = path / "config.json"
-    kind = model_type(read_json_object(config_file, "model config", "of model fields"), config_file)
+def _read_model_dir(path: Path, *, where: str,
+                    kind: str | None = None) -> tuple[str, BertTokenizerFast, dict]:
+    """(model_type, tokenizer as the model reads text, training_args or {}) of a checked folder;
+    `kind` for a folder without config.json (a LoRA adapter's: its base model's type)."""
+    if kind is None:
+        config_file = path / "config.json"
+        kind = model_type(read_json_object(config_file, "model config", "of model fields"), config_file)
     tokenizer = load_tokenizer(path)
     training_args = read_training_args(path)
     if dialogue_layout(kind, tokenizer, training_args) == CDIAL:
@@ -423,8 +537,34 @@ def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenize
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path))
+    lora = is_lora_model(model)
+    # A LoRA model is saved merged, as a plain model every tool reads, with its adapter alone beside it.
+    model.save_pretrained(str(path), state_dict=merged_state_dict(model) if lora else None)
     write_checksums(path)
+    _save_tokenizer_and_args(path, tokenizer, training_args)
+    layout = dialogue_layout(model.config.model_type, tokenizer, training_args)
+    export_hf_files(path, tokenizer, layout=layout, model_max_length=context_limit(model, training_args))
+    write_model_card(path, model, training_args, results or {})
+    if lora:
+        save_adapter_folder(path / ADAPTER_DIR, model, tokenizer, training_args)
+    return path
+
+
+def save_adapter_folder(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenizerFast,
+                        training_args: dict) -> Path:
+    """Write the LoRA adapter of `model` alone: `PeftModel.from_pretrained(base, path)` loads it, and so does
+    `load_model(path)` (merged onto the base its adapter_config.json names), reading text as the model
+    was trained to with the tokenizer and training_args.json saved beside it. Its weights.sha256 lists
+    the adapter's weights."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_adapter(path, model)
+    write_checksums(path)
+    _save_tokenizer_and_args(path, tokenizer, training_args)
+    return path
+
+
+def _save_tokenizer_and_args(path: Path, tokenizer: BertTokenizerFast, training_args: dict) -> None:
     tokenizer.save_pretrained(str(path))
     # transformers 5 writes only tokenizer.json; vocab.txt keeps the folder usable by tools that
     # read a plain BERT vocabulary (GPT2-chitchat's scripts, older transformers).
@@ -432,8 +572,4 @@ def save_model(path: str | Path, model: PreTrainedModel, tokenizer: BertTokenize
     (path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.__getitem__)) + "\n", encoding="utf-8")
     (path / TRAINING_ARGS).write_text(json.dumps(training_args, ensure_ascii=False, indent=2),
                                       encoding="utf-8")
-    layout = dialogue_layout(model.config.model_type, tokenizer, training_args)
-    export_hf_files(path, tokenizer, layout=layout, model_max_length=context_limit(model, training_args))
-    write_model_card(path, model, training_args, results or {})
-    return path
 

@@ -21,13 +21,15 @@ from safetensors import SafetensorError, safe_open
 CHECKSUMS = "weights.sha256"
 _CHECKSUM_LINE = re.compile(r"([0-9a-f]{64}) [ *]([^/\\]+)")  # sha256sum's "<hex>  <name>"
 _LAYER = re.compile(r"h\.(\d+)\.")
-_WEIGHTS_NAME = re.compile(r"model.*\.safetensors|pytorch_model.*\.bin")  # save_pretrained's, shards too
+# save_pretrained's, shards too, and a LoRA adapter's (chatbot.model.lora)
+_WEIGHTS_NAME = re.compile(r"model.*\.safetensors|pytorch_model.*\.bin|adapter_model\.safetensors")
 _CHUNK = 1 << 20
 _COPY_AGAIN = "copy the folder again from where it came from, or use another checkpoint"
 
 
 def weights_files(folder: Path) -> list[Path]:
-    """The weights files in `folder`: model.safetensors or its shards, or pytorch_model.bin."""
+    """The weights files in `folder`: model.safetensors or its shards, pytorch_model.bin, or a LoRA
+    adapter's adapter_model.safetensors."""
     return sorted(p for p in folder.iterdir() if p.is_file() and _WEIGHTS_NAME.fullmatch(p.name))
 
 
@@ -93,9 +95,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_digests(folder: Path) -> dict[str, str]:
+    """File name -> SHA-256 of every weights file in `folder`."""
+    return {file.name: file_sha256(file) for file in weights_files(folder)}
+
+
 def write_checksums(folder: Path) -> None:
     """List every weights file in `folder` with its SHA-256 in `CHECKSUMS`."""
-    lines = [f"{file_sha256(file)}  {file.name}\n" for file in weights_files(folder)]
+    lines = [f"{digest}  {name}\n" for name, digest in weights_digests(folder).items()]
     (folder / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
 
 

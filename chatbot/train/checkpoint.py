@@ -3,7 +3,10 @@ seeding and state an exact resume depends on (`seed_everything`, `TrainState`, e
 
 A checkpoint is a model folder (see chatbot.model.modeling) plus `trainer_state.pt`: optimizer,
 scheduler and scaler states, every RNG state, and the position in training (step, epoch,
-batches done in that epoch), which is what an exact resume needs.
+batches done in that epoch), which is what an exact resume needs. A LoRA run's checkpoint holds
+the adapter alone (a LoRA adapter folder, see chatbot.model.lora) and the optimizer state of the
+adapters; its frozen base is the model its adapter_config.json names (for a run from a config,
+the run's own `base/`), checked against the SHA-256 recorded when training started.
 
 `trainer_state.pt` holds only tensors and plain containers (dicts, lists, numbers, strings) and
 is read with `torch.load(weights_only=True)`: resuming a checkpoint someone sent you can never run
@@ -27,12 +30,14 @@ from safetensors import SafetensorError, safe_open
 from chatbot.distributed import DistInfo, main_process_first
 from chatbot.fileio import check_output_dir, clear_outputs, recover_stale_in, remove_dir, stale_target
 from chatbot.fileio import atomic_dir as _atomic_dir
+from chatbot.model.lora import ADAPTER_CONFIG, LoraSettings, is_lora_model
 from chatbot.model.modeling import (
     TRAINING_ARGS,
     check_model_dir,
     first_line,
     nonfinite_parameters,
     read_training_args,
+    save_adapter_folder,
     save_model,
 )
 from chatbot.model.weights import verify_checksums
@@ -41,7 +46,8 @@ STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 2  # 1: pickled numpy RNG state (never loaded again); 2: tensors and plain containers only
 _STATE_KEYS = ("optimizer", "scheduler", "scaler", "progress", "rng")
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-_RUN_FILES = ("metrics.jsonl", "runs", "best", "final")  # what a run writes besides checkpoint-N
+# What a run writes besides checkpoint-N; base/: the frozen random weights a LoRA run from a config adapts.
+_RUN_FILES = ("metrics.jsonl", "runs", "best", "final", "base")
 
 
 class NonFiniteError(ValueError):
@@ -135,10 +141,29 @@ def warn_changed_args(resume_dir: Path, current: dict) -> None:
               "the run will not match an uninterrupted one")
 
 
+def check_lora_resume(resume_dir: Path, settings: LoraSettings | None) -> None:
+    """A checkpoint resumes only with the LoRA settings (or none) it was trained with: other ranks or
+    layers would not fit its adapters and optimizer state.
+
+    Raises:
+        ValueError: naming both settings and the flags that resume it.
+    """
+    saved = LoraSettings.recorded_in(read_training_args(resume_dir))
+    if saved == settings:
+        return
+    had = f"LoRA ({saved.describe()})" if saved else "all weights (no LoRA)"
+    asked = f"LoRA ({settings.describe()})" if settings else "all weights (no --lora-r)"
+    how = f"the same flags: {saved.flags()}" if saved else "no --lora-* flags"
+    raise ValueError(f"{resume_dir} was trained on {had}, but this run asks for {asked}: resume it with "
+                     f"{how}; or start a new run from its weights with --pretrained {resume_dir} and "
+                     "--output-dir NEW")
+
+
 def atomic_model_dir(path: Path):
-    """`atomic_dir` for a model folder: an existing one is replaced only if chatbot wrote it."""
-    return _atomic_dir(path,
-                       is_ours=lambda p: (p / "config.json").is_file() and (p / TRAINING_ARGS).is_file())
+    """`atomic_dir` for a model folder (or a LoRA checkpoint's adapter folder): an existing one is
+    replaced only if chatbot wrote it."""
+    return _atomic_dir(path, is_ours=lambda p: (p / TRAINING_ARGS).is_file() and (
+        (p / "config.json").is_file() or (p / ADAPTER_CONFIG).is_file()))
 
 
 def save_checkpoint(output_dir: Path, step: int, model, tokenizer, training_args: dict, state: dict,
@@ -155,7 +180,10 @@ def save_checkpoint(output_dir: Path, step: int, model, tokenizer, training_args
     check_finite_weights(model, f"checkpoint-{step}", output_dir)
     final = output_dir / f"checkpoint-{step}"
     with atomic_model_dir(final) as tmp:
-        save_model(tmp, model, tokenizer, training_args, results)
+        if is_lora_model(model):  # the adapter alone: the frozen base is found again from it
+            save_adapter_folder(tmp, model, tokenizer, training_args)
+        else:
+            save_model(tmp, model, tokenizer, training_args, results)
         torch.save({"format": STATE_FORMAT, **state}, tmp / STATE_FILE)
     if keep:
         for old in list_checkpoints(output_dir)[:-keep]:

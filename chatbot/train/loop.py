@@ -36,14 +36,17 @@ from chatbot.evaluate import EvalReport, evaluate_loss, evaluate_trained_replies
 from chatbot.layout import EXTRA_TOKENS, IGNORE_INDEX
 from chatbot.model.hf_files import write_model_card
 from chatbot.model.loss import NextTokenLoss
-from chatbot.model.modeling import model_to_train
+from chatbot.model.lora import adapter_base, apply_lora
+from chatbot.model.modeling import model_reference, model_to_train, read_training_args, resolve_model_dir
 from chatbot.model.precision import resolve_precision
+from chatbot.model.weights import weights_digests
 from chatbot.reports import print_eval_report, print_table, print_unk_rate
 from chatbot.train.allocator import keep_freed_memory
 from chatbot.train.checkpoint import (
     TrainState,
     check_finite_loss,
     check_finite_weights,
+    check_lora_resume,
     open_output_dir,
     publish_model,
     restore_trainer_state,
@@ -134,9 +137,12 @@ def setup(cfg: TrainConfig) -> Run:
     _, resume_dir = open_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, info=info)
     seed_everything(cfg.seed + info.rank)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if resume_dir is not None:
+        check_lora_resume(resume_dir, cfg.lora_settings())
     model, tokenizer, source, layout = model_to_train(resume_dir=resume_dir, pretrained=cfg.pretrained,
                                                       config=cfg.config, vocab=cfg.vocab,
                                                       resize_embeddings=cfg.resize_embeddings)
+    lora_args = _setup_lora(cfg, info, model, tokenizer, source=source, layout=layout, resume_dir=resume_dir)
     max_len = cfg.resolved_max_len(model.config.n_positions)
     params = apply_freeze(model, cfg.freeze)
     train_set, valid_set, valid_ratio = setup_data(cfg, info, tokenizer, max_len=max_len, layout=layout)
@@ -154,7 +160,7 @@ def setup(cfg: TrainConfig) -> Run:
     optimizer = make_optimizer(raw_model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     run = Run(cfg=cfg, info=info, device=device, model=model, raw_model=raw_model, tokenizer=tokenizer,
               training_args=dict(cfg.recorded(), valid=cfg.valid_path(), valid_ratio=valid_ratio,
-                                 max_len=max_len, source=source, layout=layout),
+                                 max_len=max_len, source=source, layout=layout, **lora_args),
               train_set=train_set, valid_set=valid_set, collate=collate, sampler=sampler, loader=loader,
               optimizer=optimizer,
               scheduler=make_scheduler(optimizer, warmup=warmup, total=total_steps, kind=cfg.scheduler),
@@ -204,10 +210,37 @@ def setup_data(cfg: TrainConfig, info: DistInfo, tokenizer, *, max_len: int, lay
     return train_set, valid_set, valid_ratio
 
 
+def _setup_lora(cfg: TrainConfig, info: DistInfo, model, tokenizer, *, source: str, layout: str,
+                resume_dir: Path | None) -> dict:
+    """--lora-r: adapters on the frozen model (a resumed LoRA checkpoint has its own already), and what
+    training_args records of the base they adapt ({} without LoRA).
+
+    The base is the --pretrained folder or Hub id; a run from a config first saves its random weights
+    as the run's base/. `base_sha256` lets a resume, and whoever loads the adapter alone, see that the
+    base is still the one trained on.
+    """
+    settings = cfg.lora_settings()
+    if settings is None:
+        return {}
+    if resume_dir is not None:
+        return {"base_sha256": read_training_args(resume_dir).get("base_sha256")}
+    base_dir = Path(cfg.output_dir) / "base"
+    with main_process_first(info):
+        if cfg.pretrained is None and info.is_main:
+            base_dir.parent.mkdir(parents=True, exist_ok=True)
+            publish_model(base_dir, model, tokenizer, {"source": source, "layout": layout})
+        base = model_reference(cfg.pretrained or base_dir)
+        digests = weights_digests(resolve_model_dir(base))
+    apply_lora(model, settings, base=base)
+    return {"base_sha256": digests}
+
+
 def _place_model(model, cfg: TrainConfig, info: DistInfo, device: torch.device):
     """(raw model, model the loop calls, autocast dtype, use a GradScaler, precision name)."""
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.24 renamed it (the old name warns, to go in v6); older 5.x have only the old one.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     model.to(device).train()
     raw_model = model
     autocast_dtype, use_scaler, precision = resolve_precision(cfg.precision, device)
@@ -226,7 +259,9 @@ def _print_plan(run: Run, *, source: str, params: tuple[int, int], warmup: int, 
     pad = padding_fraction(train_set.lengths, run.sampler.rank_batches())
     steps_per_epoch = math.ceil(run.micro_per_epoch / cfg.grad_accum)
     print_table("chatbot-train", [
-        ("model", source), ("parameters", params[1]), ("trainable parameters", params[0]),
+        ("model", source), ("parameters", params[1]),
+        ("trainable parameters", f"{params[0]:,} ({params[0] / params[1]:.2%})"),
+        *_lora_plan(run),
         ("train examples / tokens", f"{len(train_set):,} / {int(train_set.lengths.sum()):,}"),
         ("valid examples", _valid_source(run)),
         ("max_len / loss on", f"{run.training_args['max_len']} / {cfg.loss_on}"),
@@ -241,6 +276,12 @@ def _print_plan(run: Run, *, source: str, params: tuple[int, int], warmup: int, 
         ("resuming from", str(resume_dir) if resume_dir else "no"),
         ("output", str(run.output_dir)),
     ])
+
+
+def _lora_plan(run: Run) -> list[tuple[str, str]]:
+    """The start table's LoRA row: its settings and the base it adapts (none without --lora-r)."""
+    settings = run.cfg.lora_settings()
+    return [("LoRA", f"{settings.describe()}; base {adapter_base(run.raw_model)}")] if settings else []
 
 
 def _valid_source(run: Run) -> str:
