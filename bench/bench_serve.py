@@ -184,6 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     vllm.add_argument("--requests", type=positive_int, default=4, help="requests per client in the main load")
     vllm.add_argument("--single-requests", type=positive_int, default=4,
                       help="requests of the single-client load (its p50 is the single-client latency)")
+    vllm.add_argument("--no-vllm", action="store_true", help="run chatbot-serve's servers only")
     vllm.add_argument("--vllm-binds", nargs="+", metavar="BIND",
                       help="vLLM thread layouts to run, each a VLLM_CPU_OMP_THREADS_BIND value, e.g. auto "
                            "(vLLM's default: on 2 cores one compute thread, the other core for its "

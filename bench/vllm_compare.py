@@ -256,7 +256,7 @@ def against_vllm(args, model: Path, hanzi: list[str]) -> None:
     from chatbot.model.precision import resolve_dtype
     import torch
 
-    python, why = find_vllm(args.venv.expanduser())
+    python, why = (None, "--no-vllm") if args.no_vllm else find_vllm(args.venv.expanduser())
     setup = Setup(model, python, args, hanzi)
     auto_is = resolve_dtype("auto", torch.device("cpu"))
     describe(setup, auto_is, why)
