@@ -39,7 +39,7 @@ def export_model(source: str | Path, output: str | Path, *, to: str, quantizatio
     check_output_dir(output, is_ours=is_export, overwrite=overwrite, what="chatbot-export output",
                      flag="--output")
     _check_runtime(to)
-    model, tokenizer, args = load_model(source, dtype="fp32")
+    model, tokenizer, args = load_model(source)
     check_exportable(model, tokenizer, args, to)
     with atomic_dir(output, is_export) as tmp:
         if to == "ct2":

@@ -259,7 +259,7 @@ def model_type(config: dict, where: str | Path) -> str:
                      "and openai-gpt (CDial-GPT, e.g. thu-coai/CDial-GPT_LCCC-base)")
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: str = "fp32", *,
+def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: str | None = None, *,
                resize_embeddings: bool = False,
                training: bool = False) -> tuple[PreTrainedModel, BertTokenizerFast, dict]:
     """Load (model in eval mode, tokenizer, training_args) from a model folder or a Hub id.
@@ -272,7 +272,9 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
 
     Args:
         dtype: one of `chatbot.options.DTYPES`, resolved for `device` by
-            `chatbot.model.precision.resolve_dtype` (fp32 leaves the weights as trained).
+            `chatbot.model.precision.resolve_dtype`, for inference (on a CPU even fp32 gets
+            prepacked linear layers, see `prepare_model`); None (the default): the weights as
+            stored, in fp32, as training, merging adapters and exporting need them.
         resize_embeddings: grow the embedding to the tokenizer's size instead of refusing.
         training: check that the model can be trained here, not only run (see
             `chatbot.model.limits.check_model_fits`).
@@ -286,7 +288,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
             free, or a dtype the device cannot run.
     """
     device = torch.device(device)
-    precision = resolve_dtype(dtype, device)
+    precision = None if dtype is None else resolve_dtype(dtype, device)
     path = resolve_model_dir(source)
     if is_adapter_folder(path):
         model, tokenizer, training_args = _load_adapter_folder(path, where=str(source), training=training)
@@ -297,7 +299,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: st
     shapes = header_shapes(path)  # an unreadable (truncated) header is named as such
     verify_checksums(path)
     check_config_fits_weights(config, path / "config.json", shapes)
-    check_model_fits(config, path / "config.json", training=training, device=device, dtype=precision)
+    check_model_fits(config, path / "config.json", training=training, device=device,
+                     dtype=precision or "fp32")
     model = _load_weights(path, kind, config, where=str(source))
     if resize_embeddings and len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -316,6 +319,8 @@ def _ready(model: PreTrainedModel, tokenizer: BertTokenizerFast, training_args: 
     for name, value in special_ids(tokenizer).items():
         setattr(model.config, name, value)
         setattr(model.generation_config, name, value)
+    if precision is None:
+        return model.eval().to(device), tokenizer, training_args
     # Converted on the CPU, then moved: a GPU never holds the fp32 copy.
     return prepare_model(model.eval(), precision, device), tokenizer, training_args
 
