@@ -4,6 +4,7 @@ server, or (`--against-vllm`) against vLLM's OpenAI server on the same model fol
     PYTHONPATH=. python bench/bench_serve.py                       # base model: a few minutes on 2 cores
     PYTHONPATH=. python bench/bench_serve.py --config configs/tiny.json --clients 1 4   # a quick look
     PYTHONPATH=. python bench/bench_serve.py --against-vllm         # 15-30 minutes, see below
+    PYTHONPATH=. python bench/bench_serve.py --against-vllm --vllm-binds auto 0,1   # vLLM both ways
     PYTHONPATH=. python bench/bench_serve.py --against-vllm --config configs/tiny.json --passes 2  # ~12 min
 
 Every server runs as a separate process on 127.0.0.1, serving the same model folder:
