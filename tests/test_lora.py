@@ -135,6 +135,17 @@ def test_a_bare_adapter_folder_loads_wherever_a_model_folder_does(lora_run, tmp_
                        "--max-steps", "1", "--batch-size", "2", "--quiet"]) == 0
 
 
+def test_loading_an_adapter_hashes_each_weights_file_once(lora_run, base_dir, monkeypatch):
+    from chatbot.model import weights as weights_module
+
+    hashed = []
+    real = weights_module.file_sha256
+    monkeypatch.setattr(weights_module, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    load_model(lora_run[0] / "final" / "adapter")
+    # The base's manifest is checked against its weights, and read again for base_sha256, not rehashed.
+    assert sorted(hashed) == ["adapter_model.safetensors", "model.safetensors"]
+
+
 def test_an_adapter_without_a_tokenizer_reads_text_as_its_base(lora_run, tmp_path, monkeypatch, capsys):
     out, _ = lora_run
     bare = tmp_path / "bare"

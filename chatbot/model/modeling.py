@@ -33,7 +33,7 @@ from chatbot.model.lora import (ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, Lo
                                 merge_adapter, merged_state_dict, save_adapter)
 from chatbot.model.precision import prepare_model, resolve_dtype
 from chatbot.model.weights import (check_config_fits_weights, header_shapes, verify_checksums,
-                                   weights_digests, write_checksums)
+                                   verified_digests, write_checksums)
 from chatbot.resources import resolve_config
 from chatbot.tokenization import load_tokenizer, split_characters
 
@@ -165,7 +165,8 @@ def check_base_unchanged(adapter_dir: Path, base: str, training_args: dict) -> N
         ValueError: naming the base and the adapter, if the base's weights changed since.
     """
     recorded = training_args.get("base_sha256")
-    if recorded and weights_digests(resolve_model_dir(base)) != recorded:
+    # load_model(base) has just verified the base's weights against its own manifest.
+    if recorded and verified_digests(resolve_model_dir(base)) != recorded:
         raise ValueError(f"the base model {base} is not the one the LoRA adapter {adapter_dir} was trained "
                          "on: its weights' SHA-256 differ from those recorded in training_args.json "
                          "(base_sha256). "

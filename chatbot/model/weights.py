@@ -106,6 +106,26 @@ def write_checksums(folder: Path) -> None:
     (folder / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
 
 
+def recorded_checksums(folder: Path) -> dict[str, str] | None:
+    """File name -> SHA-256 as `folder`'s `CHECKSUMS` records them; None if it has no such file.
+
+    Raises:
+        ValueError: for a malformed `CHECKSUMS`.
+    """
+    manifest = folder / CHECKSUMS
+    if not manifest.is_file():
+        return None
+    recorded = {}
+    for number, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        match = _CHECKSUM_LINE.fullmatch(line)
+        if match is None:
+            raise ValueError(f"{manifest}: line {number} is not `<64 hex digits>  <file name>` as chatbot "
+                             f"writes it ({line[:80]!r}); it is damaged: {_COPY_AGAIN} (or delete "
+                             f"{CHECKSUMS} to load the weights unchecked)")
+        recorded[match.group(2)] = match.group(1)
+    return recorded
+
+
 def verify_checksums(folder: Path) -> None:
     """Check each weights file listed in `folder`'s `CHECKSUMS` against its recorded SHA-256.
 
@@ -114,16 +134,8 @@ def verify_checksums(folder: Path) -> None:
     Raises:
         ValueError: naming the damaged or missing weights file, or a malformed `CHECKSUMS`.
     """
-    manifest = folder / CHECKSUMS
-    if not manifest.is_file():
-        return
-    for number, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        match = _CHECKSUM_LINE.fullmatch(line)
-        if match is None:
-            raise ValueError(f"{manifest}: line {number} is not `<64 hex digits>  <file name>` as chatbot "
-                             f"writes it ({line[:80]!r}); it is damaged: {_COPY_AGAIN} (or delete "
-                             f"{CHECKSUMS} to load the weights unchecked)")
-        expected, file = match.group(1), folder / match.group(2)
+    for name, expected in (recorded_checksums(folder) or {}).items():
+        file = folder / name
         if not file.is_file():
             raise ValueError(f"{file} is missing: {CHECKSUMS} lists it as part of this model; {_COPY_AGAIN}")
         if file_sha256(file) != expected:
@@ -131,3 +143,9 @@ def verify_checksums(folder: Path) -> None:
                 f"{file} is damaged: its SHA-256 differs from the one recorded in {CHECKSUMS} when chatbot "
                 f"saved it, so some of its bytes changed since; {_COPY_AGAIN} (if you replaced the weights "
                 f"on purpose, delete {CHECKSUMS})")
+
+
+def verified_digests(folder: Path) -> dict[str, str]:
+    """File name -> SHA-256 of the weights of a folder `verify_checksums` has just checked: those its
+    `CHECKSUMS` records, read instead of hashing the weights a second time; without one, computed."""
+    return recorded_checksums(folder) or weights_digests(folder)

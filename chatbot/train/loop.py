@@ -39,7 +39,7 @@ from chatbot.model.loss import NextTokenLoss
 from chatbot.model.lora import adapter_base, apply_lora
 from chatbot.model.modeling import model_reference, model_to_train, read_training_args, resolve_model_dir
 from chatbot.model.precision import resolve_precision
-from chatbot.model.weights import weights_digests
+from chatbot.model.weights import verified_digests
 from chatbot.reports import print_eval_report, print_table, print_unk_rate
 from chatbot.train.allocator import keep_freed_memory
 from chatbot.train.checkpoint import (
@@ -230,7 +230,8 @@ def _setup_lora(cfg: TrainConfig, info: DistInfo, model, tokenizer, *, source: s
             base_dir.parent.mkdir(parents=True, exist_ok=True)
             publish_model(base_dir, model, tokenizer, {"source": source, "layout": layout})
         base = model_reference(cfg.pretrained or base_dir)
-        digests = weights_digests(resolve_model_dir(base))
+        # Its manifest: model_to_train has just verified it, or publish_model written it.
+        digests = verified_digests(resolve_model_dir(base))
     apply_lora(model, settings, base=base)
     return {"base_sha256": digests}
 
