@@ -375,20 +375,24 @@ def load_model_tokenizer(source: str | Path) -> tuple[BertTokenizerFast, str]:
         base = read_adapter_base(path)
         if not any((path / f).is_file() for f in _TOKENIZER_FILES):
             return load_model_tokenizer(base)  # a bare adapter reads text as its base model
-        kind = _read_model_dir(resolve_model_dir(base), where=base)[0]
+        kind = _model_kind(resolve_model_dir(base))
         _, tokenizer, training_args = _read_model_dir(path, where=str(source), kind=kind)
     else:
         kind, tokenizer, training_args = _read_model_dir(path, where=str(source))
     return tokenizer, dialogue_layout(kind, tokenizer, training_args)
 
 
+def _model_kind(path: Path) -> str:
+    """The model_type of model folder `path`, from its config.json."""
+    config_file = path / "config.json"
+    return model_type(read_json_object(config_file, "model config", "of model fields"), config_file)
+
+
 def _read_model_dir(path: Path, *, where: str,
                     kind: str | None = None) -> tuple[str, BertTokenizerFast, dict]:
     """(model_type, tokenizer as the model reads text, training_args or {}) of a checked folder;
     `kind` for a folder without config.json (a LoRA adapter's: its base model's type)."""
-    if kind is None:
-        config_file = path / "config.json"
-        kind = model_type(read_json_object(config_file, "model config", "of model fields"), config_file)
+    kind = kind or _model_kind(path)
     tokenizer = load_tokenizer(path)
     training_args = read_training_args(path)
     if dialogue_layout(kind, tokenizer, training_args) == CDIAL:
