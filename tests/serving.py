@@ -26,7 +26,8 @@ def tiny_bot(tokenizer, *, delay: float = 0.0, n_positions: int = 64, **options)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(tiny_config(tokenizer, n_positions=n_positions)).eval()
     if delay:
-        model.register_forward_pre_hook(lambda module, args: time.sleep(delay))
+        # The LM head runs once in every forward pass, prompt or decode step (which skips model.forward).
+        model.lm_head.register_forward_pre_hook(lambda module, args: time.sleep(delay))
     return ChatBot(model, tokenizer, options=SamplingOptions(**options))
 
 

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from chatbot.model.kernels import PackedLinear, can_pack, decode_attention, pack_linear_layers
+from chatbot.model.kernels import PackedLinear, can_pack, decode_attention, fuse_mlp_gelu, pack_linear_layers
 
 pytestmark = pytest.mark.skipif(not can_pack(), reason="this PyTorch has no oneDNN")
 
@@ -26,6 +26,22 @@ def test_a_packed_layer_computes_what_the_linear_layer_did(dtype, tolerance, bia
                                    atol=tolerance, rtol=tolerance)
     # The oneDNN tensor is no parameter: state_dict and parameters() see the bias only.
     assert list(holder.state_dict()) == (["0.bias"] if bias else [])
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_a_gelu_fused_into_a_packed_layer_computes_the_mlp_it_replaced(dtype, tolerance):
+    torch.manual_seed(0)
+    mlp = nn.Module()
+    mlp.c_fc, mlp.act = nn.Linear(24, 40).to(dtype), nn.GELU(approximate="tanh")
+    other = nn.Module()  # exact GELU: oneDNN's tanh post-op would not compute it
+    other.c_fc, other.act = nn.Linear(24, 40).to(dtype), nn.GELU()
+    x = torch.randn(3, 5, 24, dtype=dtype)
+    expected = F.gelu(F.linear(x.float(), mlp.c_fc.weight.float(), mlp.c_fc.bias.float()), approximate="tanh")
+    holder = fuse_mlp_gelu(pack_linear_layers(nn.Sequential(mlp, other)))
+    assert type(mlp.act) is nn.Identity and mlp.c_fc.gelu_tanh
+    assert type(other.act) is nn.GELU and not other.c_fc.gelu_tanh
+    torch.testing.assert_close(mlp.act(mlp.c_fc(x)).float(), expected, atol=tolerance, rtol=tolerance)
+    assert "then GELU (tanh)" in repr(holder)
 
 
 def attention_inputs(dtype, length=9, masked=True):

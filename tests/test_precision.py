@@ -94,15 +94,18 @@ def test_prepare_model_converts_the_linear_layers(tiny_model):
         # 4 linear layers per block and lm_head, packed for oneDNN
         assert [type(m) for m in bf16.modules()].count(PackedLinear) == 9
         assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
-        assert [type(block.mlp.act) for block in bf16.transformer.h] == [nn.GELU, nn.GELU]
+        # GELU runs inside the packed c_fc
+        assert [(type(b.mlp.act), b.mlp.c_fc.gelu_tanh) for b in bf16.transformer.h] == [(nn.Identity, True)] * 2
         assert bf16.config._attn_implementation == "chatbot_decode"
         torch.testing.assert_close(bf16(ids).logits.float(), reference, atol=0.05, rtol=0.05)
         int8 = prepare_model(copy.deepcopy(tiny_model), "int8")
         assert [m._get_name() for m in int8.modules()].count("DynamicQuantizedLinear") == 9
         assert not any(type(m) in (nn.Linear, PackedLinear) for m in int8.modules())
+        assert [type(block.mlp.act) for block in int8.transformer.h] == [nn.GELU, nn.GELU]
         torch.testing.assert_close(int8(ids).logits, reference, atol=0.05, rtol=0.05)
         packed = prepare_model(fp32, "fp32")
         assert [type(m) for m in packed.modules()].count(PackedLinear) == 9
+        assert [type(block.mlp.act) for block in packed.transformer.h] == [nn.Identity, nn.Identity]
         assert packed.config._attn_implementation == "sdpa"
         torch.testing.assert_close(packed(ids).logits, reference, atol=1e-5, rtol=1e-5)
 

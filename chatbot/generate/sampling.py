@@ -16,8 +16,13 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers.cache_utils import Cache
 
 from chatbot.generate.kvcache import preallocated_cache
+from chatbot.model.gpt2_step import gpt2_step_logits
 from chatbot.model.openai_gpt import openai_gpt_logits
 from chatbot.options import check_options
+
+
+# One generator for every row, or one per row (None: the global one).
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -47,12 +52,13 @@ def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -
 
 
 def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: Generators = None) -> torch.Tensor:
     """Pick one token per row: argmax when temperature is 0, else sample the filtered softmax.
 
     Args:
         logits: (B, V) scores; -inf marks tokens that must not be picked.
-        generator: source of randomness, for reproducible samples.
+        generator: source of randomness, for reproducible samples; or one per row (None: the global
+            one), each row then drawing what it would draw alone with its generator.
 
     Returns:
         (B,) token ids.
@@ -66,9 +72,17 @@ def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: 
         # the draw touch k scores instead of the whole vocabulary (a server draws for many rows).
         best, candidates = torch.topk(logits, top_k, dim=-1)  # (B, k)
         probs = filter_logits(best, top_p=top_p).softmax(dim=-1)
-        return candidates.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
+        return candidates.gather(-1, _draw(probs, generator)).squeeze(-1)
     probs = filter_logits(logits, top_p=top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return _draw(probs, generator).squeeze(-1)
+
+
+def _draw(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """(B, 1) indices drawn from (B, n) probabilities, with one generator for every row or one per row
+    (then each row draws as it would alone)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)
+    return torch.cat([torch.multinomial(row[None], 1, generator=g) for row, g in zip(probs, generator)])
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -103,18 +117,31 @@ def adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repet
     """Apply bans and penalties to this step's (N, V) logits; `generated` is (N, step), `context` (1, T)."""
     logits = logits.to(torch.float32, copy=True)  # the model's logits may be an expanded view
     seen = torch.cat([context.expand(len(logits), -1), generated], 1) if penalize_context else generated
-    if repetition_penalty != 1.0 and seen.size(1):
-        eos_logit = logits[:, eos_id].clone()
-        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        # The context is full of [SEP]; penalising it would only make replies run on.
-        logits[:, eos_id] = eos_logit
-    if no_repeat_ngram_size:
-        for row, ids in enumerate(generated.tolist()):
-            logits[row, repeated_ngram_ids(ids, no_repeat_ngram_size)] = -math.inf
+    logits = penalize_repeats(logits, seen, repetition_penalty, eos_id)
+    for row, ids in enumerate(generated.tolist()):
+        logits[row, banned_next(ids, step, eos_id=eos_id, no_repeat_ngram_size=no_repeat_ngram_size,
+                                min_new_tokens=min_new_tokens)] = -math.inf
     logits[:, banned_ids] = -math.inf
-    if step < min_new_tokens:
-        logits[:, eos_id] = -math.inf
     return logits
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float, eos_id: int) -> torch.Tensor:
+    """`apply_repetition_penalty` to every seen id but eos_id; the (N, V) logits, new or as given."""
+    if penalty == 1.0 or not seen.size(1):
+        return logits
+    eos_logit = logits[:, eos_id].clone()
+    logits = apply_repetition_penalty(logits, seen, penalty)
+    # The context is full of [SEP]; penalising it would only make replies run on.
+    logits[:, eos_id] = eos_logit
+    return logits
+
+
+def banned_next(generated: list[int], step: int, *, eos_id: int, no_repeat_ngram_size: int,
+                min_new_tokens: int) -> list[int]:
+    """The ids one row may not pick at `step`: those completing an n-gram already in its reply, and
+    eos_id while the reply is shorter than min_new_tokens."""
+    banned = repeated_ngram_ids(generated, no_repeat_ngram_size)
+    return banned + [eos_id] if step < min_new_tokens else banned
 
 
 # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns, and stops working
@@ -130,17 +157,18 @@ def next_logits(model: PreTrainedModel, input_ids: torch.Tensor, cache: Cache, *
     """The (B, V) logits of the token after (B, T) `input_ids`, read after the tokens in `cache` (updated).
 
     Args:
-        model: GPT-2, or OpenAI GPT (CDial-GPT), which transformers runs without a cache.
+        model: GPT-2, or OpenAI GPT (CDial-GPT), which transformers runs without a cache. One token a
+            row on a GPT2LMHeadModel (a decode step) runs through `gpt2_step_logits`, the same
+            arithmetic without transformers' Python around it.
         position_ids: (B, T); by default the positions after the cached tokens.
         attention_mask: (B, cached + T) bool, False where a row is padded; None: no padding.
     """
     if model.config.model_type == "openai-gpt":
         return openai_gpt_logits(model, input_ids, cache, token_type_ids=token_type_ids,
                                  position_ids=position_ids, attention_mask=attention_mask)
-    if attention_mask is not None and input_ids.size(1) == 1:
-        # One new token may see every unpadded one; transformers uses a 4-D mask as given
-        # instead of building one each step.
-        attention_mask = attention_mask[:, None, None, :]
+    if input_ids.size(1) == 1 and isinstance(model, GPT2LMHeadModel):
+        return gpt2_step_logits(model, input_ids, cache, token_type_ids=token_type_ids,
+                                position_ids=position_ids, attention_mask=attention_mask)
     return model(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
                  attention_mask=attention_mask, use_cache=True, logits_to_keep=1,
                  **{CACHE_KEYWORD: cache}).logits[:, -1]

@@ -5,7 +5,8 @@
     limits.py      what a config costs (parameters, memory) and the refusal before building what cannot fit
     weights.py     weights files: safetensors header shapes against config.json, and their SHA-256 manifest
     precision.py   which dtype runs where ("auto"), and the fp32 -> bf16 / int8 conversions
-    kernels.py     CPU inference kernels: linear layers prepacked for oneDNN, the bf16 decode attention
+    kernels.py     CPU inference kernels: prepacked oneDNN linear layers (GELU fused), bf16 decode attention
+    gpt2_step.py   a GPT-2 decode step (one token a row) read from its layers, without transformers' Python
     openai_gpt.py  CDial-GPT's OpenAI GPT with its speaker segment ids
     loss.py        the next-token loss, scored only where labels are set (training and validation)
     lora.py        LoRA adapters (peft, imported there only): add, save, merge; adapter folders

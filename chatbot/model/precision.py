@@ -20,7 +20,7 @@ from torch import nn
 from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
-from chatbot.model.kernels import can_pack, pack_linear_layers, use_decode_attention
+from chatbot.model.kernels import can_pack, fuse_mlp_gelu, pack_linear_layers, use_decode_attention
 from chatbot.options import DTYPES
 
 
@@ -94,8 +94,9 @@ def prepare_model(model: nn.Module, dtype: str, device: torch.device | str = "cp
     kernel (see `fuse_gelu`). int8 then quantizes every linear layer (lm_head included) with
     per-channel weights; activations are quantized on the fly, per batch.
     On a CPU, fp32 and bf16 models get the kernels of `chatbot.model.kernels`: linear layers
-    prepacked for oneDNN (fp32 too, which is why its layers become `nn.Linear` as well) and,
-    for bf16, the decode attention. Elsewhere fp32 leaves the model untouched.
+    prepacked for oneDNN (fp32 too, which is why its layers become `nn.Linear` as well), the MLP's
+    GELU computed inside its first layer and, for bf16, the decode attention. Elsewhere fp32
+    leaves the model untouched.
     """
     device = torch.device(device)
     cpu_kernels = device.type == "cpu" and dtype in ("fp32", "bf16") and can_pack()
@@ -108,7 +109,7 @@ def prepare_model(model: nn.Module, dtype: str, device: torch.device | str = "cp
         model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
     model = model.to(device)
     if cpu_kernels:
-        pack_linear_layers(model)
+        fuse_mlp_gelu(pack_linear_layers(model))
         if dtype == "bf16" and model.config.model_type == "gpt2":
             use_decode_attention(model)
     return model
