@@ -119,8 +119,9 @@ def adjust_logits(logits, generated, context, step, *, eos_id, banned_ids, repet
     seen = torch.cat([context.expand(len(logits), -1), generated], 1) if penalize_context else generated
     logits = penalize_repeats(logits, seen, repetition_penalty, eos_id)
     for row, ids in enumerate(generated.tolist()):
-        logits[row, banned_next(ids, step, eos_id=eos_id, no_repeat_ngram_size=no_repeat_ngram_size,
-                                min_new_tokens=min_new_tokens)] = -math.inf
+        if banned := banned_next(ids, step, eos_id=eos_id, no_repeat_ngram_size=no_repeat_ngram_size,
+                                 min_new_tokens=min_new_tokens):
+            logits[row, banned] = -math.inf
     logits[:, banned_ids] = -math.inf
     return logits
 
